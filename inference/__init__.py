@@ -1,0 +1,24 @@
+"""Variational EM for mixture models written in Pyro, with swappable guide families."""
+
+from inference.em import EStep, FitResult, e_step, fit
+from inference.enumerate import iter_log_joint, log_joint
+from inference.errors import MixemError, NonFiniteError
+from inference.guides import Delta, GuideFamily, pyro_guide
+from inference.responsibilities import Responsibilities
+from inference.trace import TraceRecord
+
+__all__ = [
+    "Delta",
+    "EStep",
+    "FitResult",
+    "GuideFamily",
+    "MixemError",
+    "NonFiniteError",
+    "Responsibilities",
+    "TraceRecord",
+    "e_step",
+    "fit",
+    "iter_log_joint",
+    "log_joint",
+    "pyro_guide",
+]

@@ -1,0 +1,96 @@
+"""Loading data for the CLI: ``.npy``, numeric ``.csv`` (optional header) and built-in sets."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from inference.errors import MixemError
+
+BUILTIN = ("blobs", "iris", "digits")
+
+
+def make_blobs(
+    n: int = 1500, centres: int = 5, d: int = 2, spread: float = 1.0, seed: int = 0
+) -> np.ndarray:
+    """(n, d) float64 points around ``centres`` random centres in [-10, 10]^d, unit noise."""
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(-10, 10, size=(centres, d))
+    labels = rng.integers(centres, size=n)
+    return means[labels] + spread * rng.standard_normal((n, d))
+
+
+def _builtin(name: str) -> np.ndarray:
+    if name == "blobs":
+        return make_blobs()
+    if name not in BUILTIN:
+        raise MixemError(f"unknown built-in data {name!r}; choose one of: {', '.join(BUILTIN)}")
+    try:
+        from sklearn import datasets
+    except ImportError as err:  # scikit-learn ships these two data sets
+        raise MixemError(f"builtin:{name} needs scikit-learn: pip install 'mixem[dev]'") from err
+    return np.asarray(datasets.load_iris().data if name == "iris" else datasets.load_digits().data)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    if rows and not all(_is_number(cell) for cell in rows[0]):
+        rows = rows[1:]  # a header line
+    if not rows:
+        raise MixemError(f"{path}: no data rows")
+    width = len(rows[0])
+    for r, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise MixemError(f"{path}: data row {r} has {len(row)} fields, expected {width}")
+        for c, cell in enumerate(row, start=1):
+            if not _is_number(cell):
+                raise MixemError(
+                    f"{path}: data row {r}, column {c}: {cell.strip()!r} is not a number"
+                )
+    return np.array([[float(cell) for cell in row] for row in rows])
+
+
+def load_array(spec: str) -> np.ndarray:
+    """The array named by ``spec``: ``builtin:NAME``, a ``.npy`` file or a ``.csv`` file."""
+    if spec.startswith("builtin:"):
+        return _builtin(spec.split(":", 1)[1])
+    path = Path(spec)
+    if not path.is_file():
+        raise MixemError(f"data file not found: {spec}")
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise MixemError(f"{spec}: not a numeric .npy file ({err})") from err
+    if path.suffix == ".csv":
+        return _read_csv(path)
+    raise MixemError(
+        f"{spec}: unsupported file type {path.suffix!r}; use .npy, .csv or builtin:NAME"
+    )
+
+
+def to_tensor(array: np.ndarray, dtype: str | None = None) -> Tensor:
+    """Floating-point tensor: float32/float64 kept, other numbers to float64 (as scikit-learn),
+    or ``dtype`` ("float32" / "float64") when given."""
+    if array.dtype.kind not in "biuf":
+        raise MixemError(f"data must be numeric, got dtype {array.dtype}")
+    if dtype is not None:
+        if dtype not in ("float32", "float64"):
+            raise MixemError(f"unknown dtype {dtype!r}; choose float32 or float64")
+        target = np.dtype(dtype)
+    else:
+        target = array.dtype if array.dtype in (np.float32, np.float64) else np.dtype("float64")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=target))

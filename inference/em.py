@@ -1,0 +1,190 @@
+"""The variational EM loop (Neal & Hinton 1998), written out by hand.
+
+    theta_0 -> E-step (q_0 = best member of the guide family) -> record
+            -> M-step (theta_1) -> E-step (q_1) -> record -> ...
+
+The loop only asks the model for its log-joint table (``inference.enumerate``), the guide family
+for its best member given that table, and an M-step (closed form when the model declares one,
+gradient otherwise). It always ends with an E-step under the final parameters, so the labels,
+the last record and the returned model agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from inference.elbo import (
+    elbo_from_table,
+    expected_log_joint_per_point,
+    log_evidence_from_table,
+)
+from inference.enumerate import DEFAULT_CHUNK_SIZE, iter_log_joint
+from inference.errors import MixemError, NonFiniteError
+from inference.guides import Delta, GuideFamily
+from inference.mstep import closed_form_m_step, gradient_m_step, has_closed_form
+from inference.params import get_params, squared_shift
+from inference.responsibilities import Responsibilities
+from inference.trace import TraceRecord
+from inference.validation import check_data
+
+
+class EStep(NamedTuple):
+    """The outcome of one E-step over all the data.
+
+    q: the family's best member for the N points.
+    labels: (N,) int64 most probable component of each point.
+    point_fit: (N,) E_q[log p(x_i, z_i)]; the worst-explained points refill empty components.
+    elbo: L(q, theta). log_evidence: log p(X | theta).
+    """
+
+    q: Responsibilities
+    labels: Tensor
+    point_fit: Tensor
+    elbo: float
+    log_evidence: float
+
+
+class FitResult(NamedTuple):
+    """model: fitted in place. labels: (N,) consistent with the final parameters.
+    q: final responsibilities. trace: one record per E-step. n_iter: M-steps done.
+    converged: stopped by a criterion rather than ``max_iter``. stop_reason: which one."""
+
+    model: Any
+    labels: Tensor
+    q: Responsibilities
+    trace: list[TraceRecord]
+    n_iter: int
+    converged: bool
+    stop_reason: str
+
+
+MStep = Callable[[Any, Tensor, EStep], int]
+
+
+def e_step(
+    model: Any, guide: GuideFamily, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> EStep:
+    """Best member of ``guide``'s family for every point, chunk by chunk; ``x`` is (N, D)."""
+    parts, fits = [], []
+    elbo = log_evidence = 0.0
+    for _, table in iter_log_joint(model, x, chunk_size):
+        q = guide.e_step(table)
+        parts.append(q)
+        fits.append(expected_log_joint_per_point(table, q))
+        elbo += float(elbo_from_table(table, q))
+        log_evidence += float(log_evidence_from_table(table))
+    q = Responsibilities.cat(parts)
+    return EStep(q, q.labels(), torch.cat(fits), elbo, log_evidence)
+
+
+def choose_m_step(
+    model: Any, kind: Literal["auto", "closed", "gradient"] | MStep, chunk_size: int
+) -> MStep:
+    """The M-step to use: the model's closed form when it has one ("auto"), or as asked."""
+    if callable(kind):
+        return kind
+    if kind == "closed" or (kind == "auto" and has_closed_form(model)):
+        if not has_closed_form(model):
+            raise MixemError(f"{type(model).__name__} has no closed-form M-step; use 'gradient'")
+        return lambda m, x, est: closed_form_m_step(m, x, est.q, est.point_fit, chunk_size)
+    if kind in ("auto", "gradient"):
+        return lambda m, x, est: (gradient_m_step(m, x, est.q), 0)[1]
+    raise MixemError(
+        f"unknown m_step {kind!r}; expected 'auto', 'closed', 'gradient' or a function"
+    )
+
+
+def _check_finite(est: EStep, iteration: int, trace: list[TraceRecord]) -> None:
+    if not (torch.isfinite(torch.tensor([est.elbo, est.log_evidence])).all()):
+        raise NonFiniteError(
+            f"the ELBO is not finite at iteration {iteration} (elbo={est.elbo}, "
+            f"log_evidence={est.log_evidence}); the trace up to iteration {iteration - 1} is kept",
+            trace,
+        )
+
+
+def _record(
+    iteration: int, est: EStep, n_changed: int, n_relocated: int, started: float
+) -> TraceRecord:
+    return TraceRecord(
+        iteration,
+        est.elbo,
+        est.log_evidence,
+        est.log_evidence - est.elbo,
+        n_changed,
+        n_relocated,
+        time.perf_counter() - started,
+    )
+
+
+def fit(
+    model: Any,
+    x: Tensor,
+    guide: GuideFamily | None = None,
+    *,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    m_step: Literal["auto", "closed", "gradient"] | MStep = "auto",
+    callback: Callable[[TraceRecord], None] | None = None,
+) -> FitResult:
+    """Variational EM of ``model`` on ``x`` (N, D) with q restricted to ``guide``'s family.
+
+    Stops at the first of:
+      * hard families (one-hot q): no assignment changed and no component was refilled (a
+        fixed point), or the squared shift of all parameters <= ``tol`` x the mean per-feature
+        variance of ``x`` (scikit-learn's KMeans criterion);
+      * soft families: |ELBO change| / N < ``tol`` (scikit-learn's GaussianMixture); 0 disables;
+      * ``max_iter`` M-steps (``max_iter=0`` only runs the E-step under the initial parameters).
+
+    Args:
+        model: mixture following the site contract; updated in place.
+        x: (N, D) data; float32 or float64, computation stays in its dtype.
+        guide: family of q; ``Delta()`` (hard EM) by default.
+        chunk_size: rows per enumerated trace (bounds memory by chunk_size x K).
+        m_step: "auto" (closed form if the model has one), "closed", "gradient", or a function
+            ``(model, x, estep) -> n_relocated``.
+        callback: called with each record as soon as it is taken.
+    """
+    guide = guide or Delta()
+    check_data(x, int(model.n_components))
+    if max_iter < 0 or tol < 0:
+        raise MixemError(f"max_iter and tol must be >= 0, got max_iter={max_iter}, tol={tol}")
+    do_m_step = choose_m_step(model, m_step, chunk_size)
+    shift_tol = tol * float(x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
+    started = time.perf_counter()
+    est = e_step(model, guide, x, chunk_size)
+    trace: list[TraceRecord] = []
+    _check_finite(est, 0, trace)
+    trace.append(_record(0, est, x.shape[0], 0, started))
+    if callback:
+        callback(trace[-1])
+    reason, n_iter = "max_iter", 0
+    while n_iter < max_iter:
+        started = time.perf_counter()
+        before = get_params(model)
+        n_relocated = do_m_step(model, x, est)
+        n_iter += 1
+        shift = squared_shift(before, get_params(model))
+        previous, est = est, e_step(model, guide, x, chunk_size)
+        _check_finite(est, n_iter, trace)
+        n_changed = int((est.labels != previous.labels).sum())
+        trace.append(_record(n_iter, est, n_changed, n_relocated, started))
+        if callback:
+            callback(trace[-1])
+        # scikit-learn's order: the shift of this M-step is judged before the labels it yields
+        if guide.hard and shift <= shift_tol:
+            reason = "parameter shift below tol"
+        elif guide.hard and n_changed == 0 and n_relocated == 0:
+            reason = "assignments unchanged"
+        elif not guide.hard and tol > 0 and abs(est.elbo - previous.elbo) / x.shape[0] < tol:
+            reason = "ELBO change below tol"
+        else:
+            continue
+        break
+    return FitResult(model, est.labels, est.q, trace, n_iter, reason != "max_iter", reason)

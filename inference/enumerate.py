@@ -1,0 +1,122 @@
+"""The E-step's only input: ``log_joint[i, c] = log p(x_i, z_i = c | theta)``, for any mixture.
+
+Computed generically by Pyro: the model is run under ``poutine.enum`` with only the assignment
+site ``"z"`` enumerated in parallel, so every log-density in the trace comes out with a leading
+enumeration dimension of size K. Summing the log-densities of the sites inside the ``"data"``
+plate gives the (K, n) table of a chunk. Nothing model-specific appears here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+
+from inference.errors import MixemError
+
+ASSIGNMENT_SITE = "z"
+OBSERVED_SITE = "x"
+DATA_PLATE = "data"
+DEFAULT_CHUNK_SIZE = 4096
+
+Model = Callable[[Tensor], object]
+
+
+@contextlib.contextmanager
+def isolated_params() -> Iterator[None]:
+    """Run Pyro code in an empty param store, restoring the caller's store afterwards.
+
+    A PyroModule's parameters are mirrored into Pyro's global param store under their bare
+    names ("locs"); two models alive in one process would then silently share them. Each
+    inference call gets a fresh scope instead, so the module's own tensors are the truth.
+    """
+    with pyro.get_param_store().scope():
+        yield
+
+
+def enumerate_assignment_only(site: Any) -> Any:
+    """``infer_config`` rule: enumerate ``"z"`` in parallel, leave every other site alone."""
+    return {"enumerate": "parallel"} if site["name"] == ASSIGNMENT_SITE else {}
+
+
+def _chunk_table(model: Model, x: Tensor) -> Tensor:
+    """(n, K) table for one chunk ``x`` (n, D) by a single enumerated trace of the model."""
+    enumerated = poutine.enum(
+        poutine.infer_config(model, enumerate_assignment_only), first_available_dim=-2
+    )
+    try:
+        trace = poutine.trace(enumerated).get_trace(x)
+    except NotImplementedError as err:  # Pyro's answer to enumerating a continuous site
+        raise MixemError(
+            f"site {ASSIGNMENT_SITE!r} was not enumerated: its distribution has no finite "
+            f"support to enumerate ({err or 'enumerate_support is not implemented'})"
+        ) from err
+    if ASSIGNMENT_SITE not in trace.nodes:
+        raise MixemError(f"the model has no sample site named {ASSIGNMENT_SITE!r}")
+    z: Any = trace.nodes[ASSIGNMENT_SITE]
+    if z["infer"].get("_enumerate_dim") != -2 or z["value"].dim() != 2:
+        # Pyro samples from the prior (with only a warning) when a site cannot be enumerated;
+        # a table built from one sample per point would be silently wrong.
+        raise MixemError(
+            f"site {ASSIGNMENT_SITE!r} was not enumerated: its distribution must have discrete "
+            "support (e.g. Categorical) and it must sit inside pyro.plate('data')"
+        )
+    values = z["value"].reshape(-1)
+    K = values.shape[0]
+    if not torch.equal(values, torch.arange(K, device=values.device)):
+        raise MixemError(f"site {ASSIGNMENT_SITE!r} must take the values 0..K-1")
+    trace.compute_log_prob()
+    n = x.shape[0]
+    table = x.new_zeros(K, n)
+    for name in trace.stochastic_nodes + trace.observation_nodes:
+        site: Any = trace.nodes[name]
+        if site_is_subsample(site):
+            continue
+        if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
+            raise MixemError(
+                f"site {name!r} is outside pyro.plate({DATA_PLATE!r}); a mixture model here "
+                "has only per-point sites (put global parameters in PyroParams)"
+            )
+        if name != ASSIGNMENT_SITE and name in trace.stochastic_nodes:
+            raise MixemError(f"latent site {name!r}: only {ASSIGNMENT_SITE!r} may be latent")
+        table = table + site["log_prob"].expand(K, n)
+    return table.T
+
+
+def iter_log_joint(
+    model: Model, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(start, table)`` per chunk of rows: ``table`` is (n, K) for ``x[start:start+n]``.
+
+    Only one chunk's table is alive at a time, so memory is bounded by ``chunk_size`` x K (plus
+    whatever the model's own log_prob allocates for a chunk).
+
+    Args:
+        model: a mixture following the site contract (see ``models``).
+        x: (N, D) data.
+        chunk_size: rows per enumerated trace.
+    """
+    if chunk_size < 1:
+        raise MixemError(f"chunk_size must be a positive integer, got {chunk_size}")
+    with isolated_params(), torch.no_grad():
+        for start in range(0, x.shape[0], chunk_size):
+            yield start, _chunk_table(model, x[start : start + chunk_size])
+
+
+def log_joint(model: Model, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+    """The whole (N, K) table ``log p(x_i, z_i = c | theta)``; allocates N x K.
+
+    Args:
+        model: a mixture following the site contract.
+        x: (N, D) data.
+        chunk_size: rows per enumerated trace.
+    Returns:
+        (N, K) tensor in ``x``'s dtype.
+    """
+    return torch.cat([table for _, table in iter_log_joint(model, x, chunk_size)])

@@ -1,0 +1,142 @@
+"""M-steps: argmax over theta of E_q[log p(X, Z | theta)] with q held fixed.
+
+* ``closed_form_m_step``: the model's own ``m_step`` from weighted sufficient statistics, summed
+  chunk by chunk (so they could as well be summed across processes), with empty components
+  refilled first, as scikit-learn's KMeans does.
+* ``gradient_m_step``: for any model, maximise the exact ELBO that Pyro computes with the guide
+  held at q (entropy does not depend on theta, so this is the M-step), by L-BFGS on the
+  model's unconstrained parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from torch import Tensor
+
+from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params
+from inference.guides import is_exact_for_trace_elbo, pyro_guide
+from inference.responsibilities import Responsibilities
+
+Stats = dict[str, Tensor]
+
+
+def has_closed_form(model: object) -> bool:
+    """True when the model declares ``sufficient_statistics`` and ``m_step``."""
+    return callable(getattr(model, "sufficient_statistics", None)) and callable(
+        getattr(model, "m_step", None)
+    )
+
+
+def _add(total: Stats | None, part: Stats, sign: float = 1.0) -> Stats:
+    if total is None:
+        return {k: sign * v for k, v in part.items()}
+    return {k: total[k] + sign * part[k] for k in total}
+
+
+def sufficient_statistics(
+    model: object, x: Tensor, q: Responsibilities, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Stats:
+    """The model's statistics summed over chunks of rows; ``x`` is (N, D), ``q`` covers N."""
+    stats_of: Callable[[Tensor, Responsibilities], Stats] = model.sufficient_statistics  # type: ignore[attr-defined]
+    total: Stats | None = None
+    for start in range(0, x.shape[0], chunk_size):
+        stop = start + chunk_size
+        total = _add(total, stats_of(x[start:stop], q.slice(start, stop)))
+    assert total is not None, "x has no rows"
+    return total
+
+
+def relocate_empty_components(
+    model: object, stats: Stats, x: Tensor, q: Responsibilities, point_fit: Tensor
+) -> tuple[Stats, int]:
+    """Give each component with zero weight the worst-explained point, moving its statistics.
+
+    As scikit-learn's KMeans: the points with the lowest E_q[log p(x_i, z_i)] (on the restricted
+    GMM, the farthest from their centroid) leave their components for the empty ones, so no
+    component is ever left without data and no mean becomes 0/0.
+
+    Args:
+        stats: summed statistics with ``counts`` (K,).
+        x: (N, D) data; q: its responsibilities; point_fit: (N,) E_q[log p(x_i, z_i)].
+    Returns:
+        The corrected statistics and the number of components refilled.
+    """
+    empty = torch.nonzero(stats["counts"] <= 0).reshape(-1)
+    n_empty = min(int(empty.numel()), x.shape[0])
+    if n_empty == 0:
+        return stats, 0
+    stats_of = model.sufficient_statistics  # type: ignore[attr-defined]
+    worst = torch.topk(point_fit, n_empty, largest=False).indices
+    for component, i in zip(empty.tolist(), worst.tolist(), strict=False):
+        row = x[i : i + 1]
+        stats = _add(stats, stats_of(row, q.slice(i, i + 1)), -1.0)
+        target = torch.tensor([component], device=x.device)
+        stats = _add(stats, stats_of(row, Responsibilities.one_hot(target, x.dtype)))
+    return stats, n_empty
+
+
+def closed_form_m_step(
+    model: object,
+    x: Tensor,
+    q: Responsibilities,
+    point_fit: Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> int:
+    """Update the model in place from its sufficient statistics; returns components refilled.
+
+    Args:
+        x: (N, D) data; q: responsibilities of the N points; point_fit: (N,) as in
+            ``relocate_empty_components``.
+    """
+    with torch.no_grad():
+        stats = sufficient_statistics(model, x, q, chunk_size)
+        stats, n_relocated = relocate_empty_components(model, stats, x, q, point_fit)
+        model.m_step(stats)  # type: ignore[attr-defined]
+    return n_relocated
+
+
+def gradient_m_step(
+    model: torch.nn.Module, x: Tensor, q: Responsibilities, max_steps: int = 100
+) -> float:
+    """Maximise Pyro's exact ELBO over the model's parameters with the guide fixed at q.
+
+    The objective is deterministic (a Delta guide under ``Trace_ELBO``, an enumerated guide under
+    ``TraceEnum_ELBO``), so L-BFGS with a strong-Wolfe line search converges to the optimum
+    rather than hovering around it as a stochastic optimiser would. The loss is divided by N so
+    tolerances do not depend on the data size.
+
+    Args:
+        model: mixture following the site contract, with learnable parameters.
+        x: (N, D) data; q: responsibilities of the N points.
+        max_steps: L-BFGS iterations.
+    Returns:
+        The final per-point ELBO.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return float("nan")
+    guide = pyro_guide(q, int(model.n_components))  # type: ignore[arg-type]
+    elbo = Trace_ELBO() if is_exact_for_trace_elbo(q) else TraceEnum_ELBO(max_plate_nesting=1)
+    optimiser = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=max_steps,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+    )
+    n = x.shape[0]
+
+    def closure() -> Tensor:
+        optimiser.zero_grad()
+        loss = elbo.differentiable_loss(model, guide, x) / n
+        loss.backward()
+        return loss
+
+    with isolated_params():
+        optimiser.step(closure)
+        with torch.no_grad():
+            return -float(elbo.loss(model, guide, x)) / n

@@ -1,0 +1,64 @@
+"""Writing results so that a killed run never leaves a truncated file: temp file + rename."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temp file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda h: h.write(text.encode()))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda h: np.save(h, array))
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    def save(handle: BinaryIO) -> None:
+        buffer = io.BytesIO()  # np.savez needs a seekable file; the temp file is one, but be safe
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        handle.write(buffer.getvalue())
+
+    atomic_write(path, save)
+
+
+def write_plot(path: str | Path, draw: Callable[[str], None]) -> None:
+    """``draw(tmp_path)`` saves a figure (matplotlib needs a name with a .png suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        draw(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

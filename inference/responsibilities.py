@@ -1,0 +1,92 @@
+"""The variational distribution q(z) that an E-step returns, stored compactly.
+
+Every guide family's best member is a table of per-point weights over a few components:
+a Delta guide keeps one component per point, a top-k guide k of them, the exact posterior all K.
+``Responsibilities`` stores ``q(z_i = indices[i, j]) = weights[i, j]`` and offers the two
+reductions every closed-form M-step needs (weighted sums over points, per-component counts),
+so models never care which family produced q.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Responsibilities(NamedTuple):
+    """q(z_i = c) for every point i, compact.
+
+    Attributes:
+        weights: (N, k) float, each row sums to 1 (entries may be 0).
+        indices: (N, k) int64 component ids of ``weights``, or ``None`` when q is dense
+            (k == K and column c of ``weights`` is component c).
+    """
+
+    weights: Tensor
+    indices: Tensor | None
+
+    @staticmethod
+    def one_hot(labels: Tensor, dtype: torch.dtype) -> Responsibilities:
+        """A Delta q at ``labels`` (N,) int64."""
+        return Responsibilities(
+            torch.ones(labels.shape[0], 1, dtype=dtype, device=labels.device), labels[:, None]
+        )
+
+    @staticmethod
+    def cat(parts: list[Responsibilities]) -> Responsibilities:
+        """Concatenate chunks of the same family along the points."""
+        weights = torch.cat([p.weights for p in parts])
+        if parts[0].indices is None:
+            return Responsibilities(weights, None)
+        return Responsibilities(
+            weights, torch.cat([p.indices for p in parts if p.indices is not None])
+        )
+
+    def __len__(self) -> int:  # number of points, not the tuple's length
+        return self.weights.shape[0]
+
+    def slice(self, start: int, stop: int) -> Responsibilities:
+        """Rows ``start:stop``."""
+        idx = None if self.indices is None else self.indices[start:stop]
+        return Responsibilities(self.weights[start:stop], idx)
+
+    def labels(self) -> Tensor:
+        """(N,) int64: each point's most probable component (ties to the lowest column)."""
+        best = self.weights.argmax(dim=1, keepdim=True)
+        if self.indices is None:
+            return best[:, 0]
+        return self.indices.gather(1, best)[:, 0]
+
+    def dense(self, n_components: int) -> Tensor:
+        """(N, K) float: q as a full table (allocates N x K; for tests and small data)."""
+        if self.indices is None:
+            return self.weights
+        out = self.weights.new_zeros(self.weights.shape[0], n_components)
+        return out.scatter_add_(1, self.indices, self.weights)
+
+    def counts(self, n_components: int) -> Tensor:
+        """(K,) float: sum_i q(z_i = c), the expected number of points per component."""
+        if self.indices is None:
+            return self.weights.sum(0)
+        out = self.weights.new_zeros(n_components)
+        return out.index_add_(0, self.indices.reshape(-1), self.weights.reshape(-1))
+
+    def weighted_sum(self, values: Tensor, n_components: int) -> Tensor:
+        """sum_i q(z_i = c) * values[i] for every c.
+
+        Args:
+            values: (N, *S) per-point statistics (e.g. x, or x x^T).
+        Returns:
+            (K, *S).
+        """
+        flat = values.reshape(values.shape[0], -1)
+        if self.indices is None:
+            out = self.weights.T @ flat  # one GEMM for a dense q
+        else:
+            out = flat.new_zeros(n_components, flat.shape[1])
+            # a scatter-add per kept column: O(N k S), far cheaper than a one-hot GEMM
+            for j in range(self.indices.shape[1]):
+                out.index_add_(0, self.indices[:, j], flat * self.weights[:, j : j + 1])
+        return out.reshape(n_components, *values.shape[1:])

@@ -1,0 +1,24 @@
+"""Mixture models, each an ordinary Pyro model in its own file.
+
+The contract between a model and the inference code (``inference/``) is small:
+
+* the model is callable as ``model(x)`` with data ``x`` of shape (N, D); it draws the
+  assignment at sample site ``"z"`` (a discrete distribution over ``range(K)``) and observes
+  ``x`` at site ``"x"``, both inside ``pyro.plate("data", N)``;
+* it has an ``n_components`` attribute (K);
+* optionally, a closed-form M-step: ``sufficient_statistics(x, q) -> dict`` of sums that are
+  additive over points (it must contain ``"counts"``, shape (K,)) and ``m_step(stats)`` that
+  sets the parameters maximising the expected complete-data log-likelihood. Without them the
+  generic gradient M-step (``inference.mstep.gradient_m_step``) is used.
+
+Nothing in a model knows about guides or K-means.
+"""
+
+from typing import Any
+
+from models.restricted_gmm import RestrictedGMM
+
+# CLI name -> model class; each class has ``from_centres(centres (K, D), x (N, D))``.
+MODELS: dict[str, Any] = {"restricted-gmm": RestrictedGMM}
+
+__all__ = ["MODELS", "RestrictedGMM"]
