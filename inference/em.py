@@ -25,7 +25,7 @@ from inference.elbo import (
 )
 from inference.enumerate import DEFAULT_CHUNK_SIZE, iter_log_joint
 from inference.errors import MixemError, NonFiniteError
-from inference.guides import Delta, GuideFamily
+from inference.guides import Delta, GuideFamily, Schedule, as_schedule
 from inference.mstep import closed_form_m_step, gradient_m_step, has_closed_form
 from inference.params import get_params, squared_shift
 from inference.responsibilities import Responsibilities
@@ -125,7 +125,7 @@ def _record(
 def fit(
     model: Any,
     x: Tensor,
-    guide: GuideFamily | None = None,
+    guide: GuideFamily | Schedule | None = None,
     *,
     max_iter: int = 300,
     tol: float = 1e-4,
@@ -141,24 +141,30 @@ def fit(
         variance of ``x`` (scikit-learn's KMeans criterion);
       * soft families: |ELBO change| / N < ``tol`` (scikit-learn's GaussianMixture); 0 disables;
       * ``max_iter`` M-steps (``max_iter=0`` only runs the E-step under the initial parameters).
+    The criteria are those of the E-step's family, and are not checked while a schedule is
+    still changing family (ELBOs of two families are not comparable).
 
     Args:
         model: mixture following the site contract; updated in place.
         x: (N, D) data; float32 or float64, computation stays in its dtype.
-        guide: family of q; ``Delta()`` (hard EM) by default.
+        guide: family of q; ``Delta()`` (hard EM) by default; or a schedule
+            ``iteration -> family`` (e.g. ``Anneal``) giving the family of each E-step.
         chunk_size: rows per enumerated trace (bounds memory by chunk_size x K).
         m_step: "auto" (closed form if the model has one), "closed", "gradient", or a function
             ``(model, x, estep) -> n_relocated``.
         callback: called with each record as soon as it is taken.
     """
-    guide = guide or Delta()
+    family_at = as_schedule(Delta() if guide is None else guide)
     check_data(x, int(model.n_components))
+    validate = getattr(model, "validate_data", None)
+    if validate is not None:  # per-family checks (binary, counts, unit vectors ...)
+        validate(x)
     if max_iter < 0 or tol < 0:
         raise MixemError(f"max_iter and tol must be >= 0, got max_iter={max_iter}, tol={tol}")
     do_m_step = choose_m_step(model, m_step, chunk_size)
     shift_tol = tol * float(x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
     started = time.perf_counter()
-    est = e_step(model, guide, x, chunk_size)
+    est = e_step(model, family_at(0), x, chunk_size)
     trace: list[TraceRecord] = []
     _check_finite(est, 0, trace)
     trace.append(_record(0, est, x.shape[0], 0, started))
@@ -171,18 +177,21 @@ def fit(
         n_relocated = do_m_step(model, x, est)
         n_iter += 1
         shift = squared_shift(before, get_params(model))
-        previous, est = est, e_step(model, guide, x, chunk_size)
+        family = family_at(n_iter)
+        previous, est = est, e_step(model, family, x, chunk_size)
         _check_finite(est, n_iter, trace)
         n_changed = int((est.labels != previous.labels).sum())
         trace.append(_record(n_iter, est, n_changed, n_relocated, started))
         if callback:
             callback(trace[-1])
+        if family != family_at(n_iter - 1):
+            continue  # a schedule is still moving: this E-step's q is not the last one's kind
         # scikit-learn's order: the shift of this M-step is judged before the labels it yields
-        if guide.hard and shift <= shift_tol:
+        if family.hard and shift <= shift_tol:
             reason = "parameter shift below tol"
-        elif guide.hard and n_changed == 0 and n_relocated == 0:
+        elif family.hard and n_changed == 0 and n_relocated == 0:
             reason = "assignments unchanged"
-        elif not guide.hard and tol > 0 and abs(est.elbo - previous.elbo) / x.shape[0] < tol:
+        elif not family.hard and tol > 0 and abs(est.elbo - previous.elbo) / x.shape[0] < tol:
             reason = "ELBO change below tol"
         else:
             continue
