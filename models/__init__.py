@@ -16,9 +16,12 @@ Nothing in a model knows about guides or K-means.
 
 from typing import Any
 
+from models.gmm import GMM
 from models.restricted_gmm import RestrictedGMM
 
-# CLI name -> model class; each class has ``from_centres(centres (K, D), x (N, D))``.
-MODELS: dict[str, Any] = {"restricted-gmm": RestrictedGMM}
+# CLI name -> model class; each class has ``from_centres(centres (K, D), x (N, D), **options)``
+# (options such as ``covariance_type`` only where the model takes them) and may have
+# ``validate_data(x)`` raising MixemError for data outside its support.
+MODELS: dict[str, Any] = {"restricted-gmm": RestrictedGMM, "gmm": GMM}
 
-__all__ = ["MODELS", "RestrictedGMM"]
+__all__ = ["GMM", "MODELS", "RestrictedGMM"]

@@ -1,0 +1,200 @@
+"""The Gaussian mixture with learned weights and full, diagonal, spherical or tied covariances.
+
+    z_i ~ Categorical(weights)
+    x_i | z_i = c ~ Normal(locs[c], covariance[c])
+
+``covariances`` has scikit-learn's shape for each ``covariance_type``: full (K, D, D),
+diag (K, D), spherical (K,), tied (D, D). As in scikit-learn, ``reg_covar`` is added to the
+diagonal of every covariance the M-step computes, so a component on a flat piece of data stays
+non-singular; with ``reg_covar=0`` a singular covariance is an error, never a NaN.
+
+The closed-form M-step uses statistics about a per-component shift (the current means): the
+weighted sums of (x - shift_c) and of its outer products. The scatter about the new mean is then
+S2 - S1 S1^T / n, which keeps full precision because the shift is already close to the mean
+(E[x x^T] - mu mu^T would cancel catastrophically for data far from the origin).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch import Tensor
+from torch.distributions import constraints
+
+from inference.errors import MixemError
+from inference.responsibilities import Responsibilities
+from models.common import init_weights, keep_where_empty, safe_counts, update_weights
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+
+
+class GMM(PyroModule):
+    """Gaussian mixture; parameters ``weights`` (K,), ``locs`` (K, D) and ``covariances``.
+
+    Args:
+        locs: (K, D) initial means; their dtype and device are the model's.
+        covariances: initial covariances in the shape of ``covariance_type`` (see module doc).
+        weights: (K,) initial weights, uniform when ``None``.
+        covariance_type: "full", "diag", "spherical" or "tied".
+        reg_covar: added to the diagonal of each covariance by the M-step (>= 0).
+        learn_weights: False keeps the weights fixed.
+    """
+
+    weights: Tensor
+    locs: Tensor
+    covariances: Tensor
+
+    def __init__(
+        self,
+        locs: Tensor,
+        covariances: Tensor,
+        weights: Tensor | None = None,
+        covariance_type: str = "full",
+        reg_covar: float = 1e-6,
+        learn_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        if covariance_type not in COVARIANCE_TYPES:
+            raise MixemError(
+                f"unknown covariance type {covariance_type!r}; choose one of: "
+                + ", ".join(COVARIANCE_TYPES)
+            )
+        if not reg_covar >= 0:
+            raise MixemError(f"reg_covar must be >= 0, got {reg_covar}")
+        if locs.dim() != 2:
+            raise MixemError(f"locs must have shape (K, D), got {tuple(locs.shape)}")
+        self.covariance_type = covariance_type
+        self.reg_covar = float(reg_covar)
+        K, D = locs.shape
+        expected = {"full": (K, D, D), "diag": (K, D), "spherical": (K,), "tied": (D, D)}
+        if tuple(covariances.shape) != expected[covariance_type]:
+            raise MixemError(
+                f"{covariance_type} covariances must have shape {expected[covariance_type]}, "
+                f"got {tuple(covariances.shape)}"
+            )
+        matrix = covariance_type in ("full", "tied")
+        _check_covariances(covariances.detach(), matrix)
+        init_weights(self, weights, locs, learn_weights)
+        self.locs = PyroParam(locs.detach().clone())  # type: ignore[assignment]
+        constraint = constraints.positive_definite if matrix else constraints.positive
+        self.covariances = PyroParam(  # type: ignore[assignment]
+            covariances.detach().clone(), constraint=constraint
+        )
+
+    @classmethod
+    def from_centres(cls, centres: Tensor, x: Tensor, **options: Any) -> GMM:
+        """Means at ``centres`` (K, D), every covariance the data's (N, D) own, uniform weights.
+
+        ``options`` are the constructor's keywords (covariance_type, reg_covar, learn_weights).
+        """
+        kind = options.get("covariance_type", "full")
+        reg = float(options.get("reg_covar", 1e-6))
+        K, D = centres.shape
+        centred = x - x.mean(0)
+        cov = centred.T @ centred / x.shape[0] + reg * torch.eye(D, dtype=x.dtype, device=x.device)
+        start = {
+            "full": cov.expand(K, D, D),
+            "tied": cov,
+            "diag": cov.diagonal().expand(K, D),
+            "spherical": cov.diagonal().mean().expand(K),
+        }.get(kind, cov)
+        return cls(centres, start.clone(), **options)
+
+    @property
+    def n_components(self) -> int:
+        return int(self.locs.shape[0])
+
+    def component(self, z: Tensor) -> dist.TorchDistribution:
+        """The distribution of x given the assignment ``z`` (any shape S): batch shape S."""
+        locs, cov = self.locs[z], self.covariances
+        if self.covariance_type == "full":
+            return dist.MultivariateNormal(locs, scale_tril=torch.linalg.cholesky(cov)[z])
+        if self.covariance_type == "tied":
+            return dist.MultivariateNormal(locs, scale_tril=torch.linalg.cholesky(cov))
+        scale = cov[z].sqrt()
+        if self.covariance_type == "spherical":
+            scale = scale[..., None].expand(locs.shape)
+        return dist.Normal(locs, scale).to_event(1)
+
+    def forward(self, x: Tensor) -> None:
+        """The generative model; ``x`` is (N, D)."""
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Categorical(probs=self.weights))
+            pyro.sample("x", self.component(z), obs=x)
+
+    def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:
+        """Weighted sums about the current means (the shift), additive over points.
+
+        Args:
+            x: (N, D) data.
+            q: responsibilities of the N points.
+        Returns:
+            ``counts`` (K,); ``sum_dx`` (K, D) = sum_i q_ic (x_i - shift_c); ``sum_dxdx`` the
+            weighted sum of (x_i - shift_c)(x_i - shift_c)^T, (K, D, D) for full and tied
+            covariances, only its diagonal (K, D) for diag and spherical.
+        """
+        K = self.n_components
+        weights = q.dense(K)
+        shift = self.locs.detach()
+        sum_dx, sum_dxdx = [], []
+        for c in range(K):  # one pass per component: O(K N D^2), as scikit-learn
+            diff = x - shift[c]
+            weighted = weights[:, c : c + 1] * diff
+            sum_dx.append(weighted.sum(0))
+            full = self.covariance_type in ("full", "tied")
+            sum_dxdx.append(weighted.T @ diff if full else (weighted * diff).sum(0))
+        return {
+            "counts": q.counts(K),
+            "sum_dx": torch.stack(sum_dx),
+            "sum_dxdx": torch.stack(sum_dxdx),
+        }
+
+    def m_step(self, stats: dict[str, Tensor]) -> None:
+        """Weighted means, covariances (+ reg_covar) and weights from ``sufficient_statistics``.
+
+        The statistics are about the current means, so this must follow them with the model
+        unchanged, as in every EM step. A component with no weight keeps its mean and covariance.
+        """
+        counts = stats["counts"]
+        n = safe_counts(counts)
+        shift, old_cov = self.locs.detach(), self.covariances.detach()
+        delta = stats["sum_dx"] / n[:, None]
+        locs = keep_where_empty(shift + delta, shift, counts)
+        if self.covariance_type in ("full", "tied"):
+            scatter = stats["sum_dxdx"] - n[:, None, None] * delta[:, :, None] * delta[:, None, :]
+            scatter = (scatter + scatter.mT) / 2  # exactly symmetric, as Cholesky expects
+            eye = torch.eye(shift.shape[1], dtype=shift.dtype, device=shift.device)
+            if self.covariance_type == "full":
+                cov = keep_where_empty(scatter / n[:, None, None], old_cov, counts)
+            else:
+                cov = scatter.sum(0) / counts.sum()
+            cov = cov + self.reg_covar * eye
+        else:
+            variances = (stats["sum_dxdx"] / n[:, None] - delta**2).clamp_min(0)
+            if self.covariance_type == "spherical":
+                variances = variances.mean(1)
+            cov = keep_where_empty(variances + self.reg_covar, old_cov, counts)
+        _check_covariances(cov, self.covariance_type in ("full", "tied"))
+        self.locs = locs
+        self.covariances = cov
+        update_weights(self, counts)
+
+
+def _check_covariances(cov: Tensor, matrix: bool) -> None:
+    """Raise a one-line MixemError unless ``cov`` is positive definite (matrices) or > 0."""
+    if matrix:
+        batch = cov.reshape(-1, *cov.shape[-2:])
+        info = torch.linalg.cholesky_ex(batch).info
+        bad = (info > 0) | ~torch.isfinite(batch).all(-1).all(-1)
+    else:
+        bad = ~(cov > 0).reshape(cov.shape[0], -1).all(1)
+    if bool(bad.any()):
+        which = int(bad.nonzero()[0])
+        raise MixemError(
+            f"the covariance of component {which} is singular (e.g. a constant feature or "
+            "a component with too few points); use a reg_covar > 0 (--reg-covar 1e-6)"
+        )
