@@ -16,12 +16,19 @@ Nothing in a model knows about guides or K-means.
 
 from typing import Any
 
+from models.bernoulli import BernoulliMixture
 from models.gmm import GMM
+from models.poisson import PoissonMixture
 from models.restricted_gmm import RestrictedGMM
 
 # CLI name -> model class; each class has ``from_centres(centres (K, D), x (N, D), **options)``
 # (options such as ``covariance_type`` only where the model takes them) and may have
 # ``validate_data(x)`` raising MixemError for data outside its support.
-MODELS: dict[str, Any] = {"restricted-gmm": RestrictedGMM, "gmm": GMM}
+MODELS: dict[str, Any] = {
+    "restricted-gmm": RestrictedGMM,
+    "gmm": GMM,
+    "bernoulli": BernoulliMixture,
+    "poisson": PoissonMixture,
+}
 
-__all__ = ["GMM", "MODELS", "RestrictedGMM"]
+__all__ = ["GMM", "MODELS", "BernoulliMixture", "PoissonMixture", "RestrictedGMM"]
