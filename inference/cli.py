@@ -1,4 +1,4 @@
-"""``mixem``: fit a mixture with a chosen guide family, or run the demonstration.
+"""``mixem``: fit a mixture with a chosen guide family, compare families, or run the demo.
 
 Errors in the input are one line on stderr and exit code 2; outputs are written only after a
 fit has finished, each file atomically, so a failed run leaves DIR as it was.
@@ -20,7 +20,7 @@ from inference.data import load_array, to_tensor
 from inference.em import FitResult, fit
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
-from inference.guides import FAMILIES, parse_guide
+from inference.guides import GUIDE_SYNTAX, parse_anneal, parse_guide
 from inference.init import kmeans_plusplus, random_points
 from inference.outputs import write_json, write_npy, write_npz, write_plot, write_text
 from inference.params import get_params
@@ -115,6 +115,45 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_guide_options(parser: argparse.ArgumentParser) -> None:
+    """``fit``'s ``--guide`` and ``--anneal`` (one or the other)."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--guide",
+        default="delta",
+        help=f"guide family NAME[:ARG], one of: {GUIDE_SYNTAX} (default: delta)",
+    )
+    choice.add_argument(
+        "--anneal", default=None, metavar="T0:T1:STEPS", help="instead of --guide: " + ANNEAL_HELP
+    )
+
+
+ANNEAL_HELP = (
+    "tempered guides cooled geometrically from T0 to T1 (T0 >= T1 > 0, T1 <= 1) over STEPS "
+    "E-steps, then categorical if T1 = 1 or delta if T1 < 1 (default: none)"
+)
+
+
+def add_compare_parser(commands: Any) -> None:
+    """``mixem compare``: the fit options, ``--guides`` (a list) and ``--anneal``."""
+    parser = commands.add_parser(
+        "compare",
+        help="fit one model under several guide families from the same start",
+        description="Fit one model under each guide from the same initial parameters; write "
+        "trace.csv, summary.json and compare.png to --out.",
+    )
+    add_fit_options(parser)
+    parser.add_argument(
+        "--guides",
+        default="delta,categorical",
+        help=f"comma-separated guides, each one of: {GUIDE_SYNTAX}, anneal:T0:T1:STEPS "
+        "(default: delta,categorical)",
+    )
+    parser.add_argument(
+        "--anneal", default=None, metavar="T0:T1:STEPS", help="also fit " + ANNEAL_HELP
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mixem", description="Variational EM for mixture models with swappable guide families."
@@ -126,11 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit a mixture by variational EM; write trace, labels, params, plot to --out.",
     )
     add_fit_options(fit_parser)
-    fit_parser.add_argument(
-        "--guide",
-        default="delta",
-        help=f"guide family NAME[:ARG], one of: {', '.join(FAMILIES)} (default: delta)",
-    )
+    add_guide_options(fit_parser)
+    add_compare_parser(commands)
     demo = commands.add_parser(
         "demo",
         help="the derivation of K-means from EM, as checks and figures",
@@ -218,7 +254,8 @@ def write_fit_outputs(
 def run_fit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     x = load_data(args)
-    guide = parse_guide(args.guide, args.k)
+    guide = parse_anneal(args.anneal) if args.anneal else parse_guide(args.guide, args.k, args.seed)
+    args.guide = guide.name  # the label in outputs, normalised (e.g. tempered:0.50 -> 0.5)
     model = build_model(args, x)
     with _progress(args.max_iter + 1, args.quiet) as bar:
         result = fit(
@@ -239,11 +276,62 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    """Fit under every guide in memory first; write DIR only once all fits have succeeded."""
+    from inference.compare import compare, parse_guides, plot_compare, summary, trace_rows
+
+    started = time.perf_counter()
+    specs = [s.strip() for s in args.guides.split(",")]
+    if args.anneal:
+        specs.append(parse_anneal(args.anneal).name)
+    parse_guides(specs, args.k, args.seed)  # bad names fail before the data is read
+    x = load_data(args)
+    with _progress(len(specs) * (args.max_iter + 1), args.quiet) as bar:
+        results = compare(
+            build_model(args, x),
+            x,
+            specs,
+            max_iter=args.max_iter,
+            tol=args.tol,
+            seed=args.seed,
+            chunk_size=args.chunk_size,
+            callback=lambda label, record: bar.update(1),
+        )
+    write_plot(args.out / "compare.png", lambda p: plot_compare(results, p))
+    write_text(args.out / "trace.csv", csv_text(trace_rows(results)))
+    write_json(
+        args.out / "summary.json",
+        {
+            "status": "completed",
+            "model": args.model,
+            "k": args.k,
+            "n": x.shape[0],
+            "d": x.shape[1],
+            "dtype": str(x.dtype).removeprefix("torch."),
+            "init": args.init,
+            "seed": args.seed,
+            "max_iter": args.max_iter,
+            "tol": args.tol,
+            "seconds": time.perf_counter() - started,
+            "guides": summary(results),
+        },
+    )
+    for label, values in summary(results).items():
+        print(
+            f"{label}: {values['n_iter']} M-steps, ELBO {values['elbo']:.6g}, "
+            f"log evidence {values['log_evidence']:.6g}"
+        )
+    print(f"-> {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "fit":
             return run_fit(args)
+        if args.command == "compare":
+            return run_compare(args)
         from inference.demo import run_demo
 
         return 0 if run_demo(args.out, quick=args.quick) else 1
