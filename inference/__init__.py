@@ -3,11 +3,23 @@
 from inference.em import EStep, FitResult, e_step, fit
 from inference.enumerate import iter_log_joint, log_joint
 from inference.errors import MixemError, NonFiniteError
-from inference.guides import Delta, GuideFamily, pyro_guide
+from inference.guides import (
+    Anneal,
+    Categorical,
+    Delta,
+    GuideFamily,
+    Sampled,
+    Tempered,
+    TopK,
+    parse_guide,
+    pyro_guide,
+)
 from inference.responsibilities import Responsibilities
 from inference.trace import TraceRecord
 
 __all__ = [
+    "Anneal",
+    "Categorical",
     "Delta",
     "EStep",
     "FitResult",
@@ -15,10 +27,14 @@ __all__ = [
     "MixemError",
     "NonFiniteError",
     "Responsibilities",
+    "Sampled",
+    "Tempered",
+    "TopK",
     "TraceRecord",
     "e_step",
     "fit",
     "iter_log_joint",
     "log_joint",
+    "parse_guide",
     "pyro_guide",
 ]
