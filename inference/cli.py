@@ -80,7 +80,20 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init",
         default="kmeans++",
-        help="kmeans++ (greedy, default), random, or PATH.npy with (K, D) starting means",
+        help="kmeans++ (greedy, default), random, PATH.npy with (K, D) starting means, or "
+        "PATH.npz of named params as params.npz holds (any left out start as with kmeans++)",
+    )
+    parser.add_argument(
+        "--covariance",
+        choices=["full", "diag", "spherical", "tied"],
+        default="full",
+        help="gmm covariance type (default: full)",
+    )
+    parser.add_argument(
+        "--reg-covar",
+        type=_non_negative_float,
+        default=1e-6,
+        help="gmm: added to the diagonal of each covariance (default: 1e-6)",
     )
     parser.add_argument(
         "--max-iter",
@@ -193,7 +206,10 @@ def initial_centres(spec: str, x: torch.Tensor, k: int, seed: int) -> torch.Tens
     if spec == "random":
         return random_points(x, k, generator)
     if not spec.endswith(".npy"):
-        raise MixemError(f"--init must be kmeans++, random or a .npy file, got {spec!r}")
+        raise MixemError(
+            f"--init must be kmeans++, random, a .npy file of means or a .npz file of params, "
+            f"got {spec!r}"
+        )
     centres = to_tensor(load_array(spec), str(x.dtype).removeprefix("torch."))
     if tuple(centres.shape) != (k, x.shape[1]):
         raise MixemError(
@@ -212,7 +228,15 @@ def build_model(args: argparse.Namespace, x: torch.Tensor) -> Any:
         raise MixemError(
             f"unknown model {args.model!r}; choose one of: {', '.join(_model_names())}"
         )
-    return MODELS[args.model].from_centres(initial_centres(args.init, x, args.k, args.seed), x)
+    from inference.model_init import init_from_file, model_options
+
+    model_class = MODELS[args.model]
+    from_file = args.init.endswith(".npz")  # named params; the rest start as with kmeans++
+    centres = initial_centres("kmeans++" if from_file else args.init, x, args.k, args.seed)
+    model = model_class.from_centres(centres, x, **model_options(model_class, args))
+    if from_file:
+        init_from_file(model, args.init)
+    return model
 
 
 def _progress(total: int, quiet: bool) -> Any:

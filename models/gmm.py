@@ -47,6 +47,8 @@ class GMM(PyroModule):
     weights: Tensor
     locs: Tensor
     covariances: Tensor
+    # constructor keywords the CLI passes (--covariance, --reg-covar); see inference.model_init
+    cli_options = ("covariance_type", "reg_covar")
 
     def __init__(
         self,

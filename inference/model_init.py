@@ -1,0 +1,100 @@
+"""Building a model for the CLI: model options from the command line, and ``--init PATH.npz``.
+
+Options: a model class lists the constructor keywords it takes from the command line in a class
+attribute ``cli_options`` (e.g. GMM's ``("covariance_type", "reg_covar")``); ``CLI_OPTIONS`` maps
+each keyword to its flag. A flag changed from its default for a model that does not take it is
+an error rather than silently ignored.
+
+Starting parameters from a file: an ``.npz`` whose names are the model's parameter names (those
+``params.npz`` of a fit holds), each checked for its name, shape and domain; parameters left out
+keep the model's default start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import zipfile
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from inference.errors import MixemError
+from inference.params import get_params, set_params
+
+# from_centres keyword -> (flag, argparse dest, default)
+CLI_OPTIONS: dict[str, tuple[str, str, Any]] = {
+    "covariance_type": ("--covariance", "covariance", "full"),
+    "reg_covar": ("--reg-covar", "reg_covar", 1e-6),
+}
+
+
+def model_options(model_class: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of ``CLI_OPTIONS`` that ``model_class`` takes, with their values in ``args``.
+
+    Raises:
+        MixemError: a flag was set away from its default for a model that does not take it.
+    """
+    takes = set(getattr(model_class, "cli_options", ()))
+    options = {}
+    for keyword, (flag, dest, default) in CLI_OPTIONS.items():
+        value = getattr(args, dest, default)
+        if keyword in takes:
+            options[keyword] = value
+        elif value != default:
+            raise MixemError(f"{flag} does not apply to --model {args.model}")
+    return options
+
+
+def _domain(model: Any, name: str) -> Any:
+    """The constraint of PyroParam ``name`` (None when the model keeps none)."""
+    entry = getattr(model, "_pyro_params", {}).get(name)
+    return entry[0] if entry else None
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError as err:
+        raise MixemError(f"--init file not found: {path}") from err
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise MixemError(f"--init {path}: not a readable .npz of numeric arrays ({err})") from err
+
+
+def _checked(path: str, name: str, array: np.ndarray, like: Tensor, model: Any) -> Tensor:
+    """``array`` as a tensor like ``like`` (the current value), or a one-line MixemError."""
+    if tuple(array.shape) != tuple(like.shape):
+        raise MixemError(
+            f"--init {path}: {name!r} has shape {tuple(array.shape)}, expected {tuple(like.shape)}"
+        )
+    if array.dtype.kind not in "biuf":
+        raise MixemError(f"--init {path}: {name!r} must be numeric, got dtype {array.dtype}")
+    value = torch.as_tensor(array, dtype=like.dtype, device=like.device)
+    if not bool(torch.isfinite(value).all()):
+        raise MixemError(f"--init {path}: {name!r} contains NaN or inf")
+    domain = _domain(model, name)
+    if domain is not None and not bool(domain.check(value).all()):
+        raise MixemError(f"--init {path}: {name!r} is outside its domain ({domain})")
+    return value
+
+
+def init_from_file(model: Any, path: str) -> None:
+    """Set the parameters named in the ``.npz`` at ``path``; the rest keep their start.
+
+    Raises:
+        MixemError: unreadable file, unknown name, wrong shape, non-finite or out-of-domain value.
+    """
+    arrays = _read_npz(path)
+    current = get_params(model)
+    unknown = sorted(set(arrays) - set(current))
+    if unknown:
+        raise MixemError(
+            f"--init {path}: unknown parameter(s) {', '.join(unknown)}; this model has: "
+            + ", ".join(sorted(current))
+        )
+    values = {n: _checked(path, n, a, current[n], model) for n, a in arrays.items()}
+    if "weights" in values and not getattr(model, "learn_weights", True):
+        raise MixemError(f"--init {path}: this model's weights are fixed; leave 'weights' out")
+    set_params(model, values)
