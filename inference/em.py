@@ -142,7 +142,8 @@ def fit(
       * soft families: |ELBO change| / N < ``tol`` (scikit-learn's GaussianMixture); 0 disables;
       * ``max_iter`` M-steps (``max_iter=0`` only runs the E-step under the initial parameters).
     The criteria are those of the E-step's family, and are not checked while a schedule is
-    still changing family (ELBOs of two families are not comparable).
+    still changing family, i.e. while ``family_at(t) != family_at(t - 1)`` (the ELBOs of two
+    families are not comparable).
 
     Args:
         model: mixture following the site contract; updated in place.

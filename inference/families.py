@@ -93,7 +93,10 @@ class Tempered:
 
     def e_step(self, log_joint: Tensor) -> Responsibilities:
         """Dense q: ``log_joint`` (n, K) -> weights (n, K)."""
-        return Responsibilities(torch.softmax(log_joint / self.temperature, dim=1), None)
+        # shift first: the largest entry becomes 0, so even a T that sends the rest to -inf
+        # leaves a well-defined one-hot row instead of softmax(-inf, ..., -inf) = NaN
+        shifted = log_joint - log_joint.amax(dim=1, keepdim=True)
+        return Responsibilities(torch.softmax(shifted / self.temperature, dim=1), None)
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,10 @@ class TopK:
     """The posterior restricted to each point's k most probable components, renormalised.
 
     Among all q whose support has at most k states this maximises the ELBO (Lücke & Forster
-    2019): for a fixed support the renormalised posterior is optimal, and its ELBO is the log of
-    the posterior mass kept, largest for the k largest entries. Only (n, k) indices and weights
-    are kept. k = 1 is ``Delta`` (same tie-breaking: lowest index first); k = K is exact.
+    2019): for a fixed support S_i the renormalised posterior is optimal, with ELBO
+    log p(x_i) + log p(z_i in S_i | x_i), largest when S_i holds the k largest entries. Only
+    (n, k) indices and weights are kept. k = 1 is ``Delta`` (same tie-breaking: lowest index
+    first); k = K is exact.
 
     Args:
         k: states kept per point, >= 1 (and <= K, checked against the table).

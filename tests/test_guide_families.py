@@ -100,6 +100,9 @@ def test_tempered_approaches_delta_as_t_goes_to_zero():
     assert gaps[-1] < 1e-6
     cold = Tempered(1e-4).e_step(table)
     assert torch.equal(cold.labels(), Delta().e_step(table).indices[:, 0])
+    # a T small enough to overflow log_joint / T still gives the one-hot limit, not NaN
+    frozen = Tempered(1e-320).e_step(table)
+    assert torch.equal(frozen.weights, Delta().e_step(table).dense(K))
     # and no tempered member beats the exact posterior
     assert all(
         table_elbo(table, f"tempered:{t}") <= table_elbo(table, "categorical") for t in [2.0, 0.5]
