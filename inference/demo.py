@@ -24,6 +24,7 @@ import torch
 from inference.data import load_array, make_blobs, to_tensor
 from inference.demo_checks import Check, Claim
 from inference.demo_estep import claim_density, claim_nearest_centroid, claim_posterior_vs_delta
+from inference.demo_families import claim_families, claim_shrinking_variance, claim_tempered
 from inference.demo_loop import claim_lloyd, claim_mstep
 from inference.init import random_points
 from inference.outputs import write_plot
@@ -33,7 +34,7 @@ SEED = 0
 
 def _claims(quick: bool) -> list[Callable[[], Claim]]:
     """The claims in the order of the derivation, each ready to run; ``quick`` shrinks data."""
-    n, k = (300, 4) if quick else (1500, 5)
+    n, k = (200, 4) if quick else (1500, 5)
     x = torch.from_numpy(make_blobs(n=n, centres=k, spread=2.0, seed=SEED))
     # the current centres theta of claims 1, 3, 4: random data points, so that cells cut
     # through the blobs and the M-step visibly moves the means (k-means++ lands on the blobs)
@@ -41,12 +42,18 @@ def _claims(quick: bool) -> list[Callable[[], Claim]]:
     datasets = {"iris": (to_tensor(load_array("builtin:iris")), 3), "blobs": (x, k)}
     if not quick:
         datasets["digits"] = (to_tensor(load_array("builtin:digits")), 10)
+    temperatures = [1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001]
+    # data scaled by s = 1/sigma; up to s = 32 every responsibility is one-hot in float64
+    scales = [0.5, 2.0, 8.0, 32.0] if quick else [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     return [
         lambda: claim_density(x, locs),
         claim_posterior_vs_delta,
         lambda: claim_nearest_centroid(x, locs),
         lambda: claim_mstep(x, locs),
         lambda: claim_lloyd(datasets, SEED),
+        lambda: claim_families(x, locs, SEED),
+        lambda: claim_tempered(x, locs, temperatures),
+        lambda: claim_shrinking_variance(x, locs, scales),
     ]
 
 

@@ -13,9 +13,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from inference.errors import MixemError
-from inference.guides import GuideFamily, parse_guide
-
 
 class Check(NamedTuple):
     """One printed line: ``status`` is "PASS", "FAIL" or "SKIP" (a missing optional tool)."""
@@ -47,14 +44,6 @@ def nearest_centroid(x: Tensor, locs: Tensor) -> Tensor:
         x: (N, D) points; locs: (K, D) centres.
     """
     return ((x[:, None, :] - locs[None]) ** 2).sum(-1).argmin(1)
-
-
-def family(spec: str, n_components: int) -> GuideFamily | None:
-    """The guide family ``spec`` from ``inference.guides``, or None if it is not registered."""
-    try:
-        return parse_guide(spec, n_components)
-    except MixemError:
-        return None
 
 
 def grid_points(lo: Tensor, hi: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor]:

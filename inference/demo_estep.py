@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from inference import demo_figures as figures
-from inference.demo_checks import Claim, check, family, grid_points, nearest_centroid
+from inference.demo_checks import Claim, check, grid_points, nearest_centroid
 from inference.elbo import (
     elbo_from_table,
     entropy_per_point,
@@ -26,7 +26,7 @@ from inference.elbo import (
 )
 from inference.em import e_step
 from inference.enumerate import log_joint
-from inference.guides import Delta
+from inference.guides import Categorical, Delta
 from inference.responsibilities import Responsibilities
 from models import RestrictedGMM
 
@@ -83,12 +83,8 @@ def two_cluster_scene() -> tuple[Tensor, Tensor]:
 
 
 def _posterior(table: Tensor) -> Tensor:
-    """(n, K) the posterior as the exact family computes it; ``table`` is (n, K)."""
-    exact = family("categorical", table.shape[1])
-    if exact is not None:
-        return exact.e_step(table).dense(table.shape[1])
-    # LOCAL STAND-IN until inference.guides registers "categorical": Bayes' rule on the table
-    return (table - torch.logsumexp(table, 1, keepdim=True)).exp()
+    """(n, K) the posterior, as the exact (categorical) family's E-step; ``table`` is (n, K)."""
+    return Categorical().e_step(table).dense(table.shape[1])
 
 
 def claim_posterior_vs_delta(steps: int = 1001) -> Claim:

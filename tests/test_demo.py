@@ -15,6 +15,9 @@ EXPECTED_FIGURES = {
     "3_estep_voronoi.png",
     "4_mstep_means.png",
     "5_lloyd_vs_sklearn.png",
+    "6_elbo_traces.png",
+    "6_tempered_to_delta.png",
+    "6_soft_em_to_kmeans.png",
 }
 
 
@@ -25,12 +28,12 @@ def test_demo_passes_every_check_and_writes_pngs(tmp_path, capsys):
     lines = [line for line in stdout.splitlines() if line.startswith("[")]
     assert lines and all(" PASS " in line for line in lines), stdout
     claims = {re.match(r"\[(\d+)\]", line).group(1) for line in lines}
-    assert {"1", "2", "3", "4", "5"} <= claims
+    assert claims == {"1", "2", "3", "4", "5", "6"}
     # every check reports the number it measured
     assert all(re.search(r"\d", line.split(":", 1)[1]) for line in lines)
     assert re.search(rf"{len(lines)}/{len(lines)} checks passed, 0 failed, 0 skipped", stdout)
     names = {p.name for p in tmp_path.glob("*.png")}
-    assert names >= EXPECTED_FIGURES
+    assert names == EXPECTED_FIGURES
     for path in tmp_path.glob("*.png"):
         assert path.read_bytes()[:8] == PNG_MAGIC, path
     assert not list(tmp_path.glob(".*")), "a temporary file was left behind"
