@@ -1,6 +1,6 @@
 """Claim 6 of the demonstration: K-means among the other guide families, and as their limit.
 
-* All families fitted from the same start (``inference.guides.parse_guide`` + ``inference.em.fit``):
+* All families fitted from the same start by ``inference.compare.compare``:
   at theta_0 the ELBOs are ordered sampled <= delta <= topk:2 <= categorical = log p(X), the
   exact E-steps never decrease the ELBO, and the delta guide's KL gap log p(X) - ELBO is > 0
   while the categorical's is 0.
@@ -17,25 +17,17 @@ import torch
 from torch import Tensor
 
 from inference import demo_figures_families as figures
+from inference.compare import compare
 from inference.demo_checks import Claim, check
 from inference.elbo import elbo_from_table
-from inference.em import FitResult, fit
+from inference.em import fit
 from inference.enumerate import log_joint
-from inference.guides import Categorical, Delta, Tempered, parse_guide
+from inference.guides import Categorical, Delta, Tempered
 from inference.responsibilities import Responsibilities
 from models import RestrictedGMM
 
 GUIDES = ("delta", "sampled", "topk:2", "tempered:0.5", "categorical")
 EXACT = ("delta", "topk:2", "categorical")  # E-steps that maximise the ELBO over their family
-
-
-def fit_families(x: Tensor, locs: Tensor, seed: int, max_iter: int) -> dict[str, FitResult]:
-    """Fit every family in ``GUIDES`` on ``x`` (N, D) from the same centres ``locs`` (K, D)."""
-    K = locs.shape[0]
-    return {
-        spec: fit(RestrictedGMM(locs), x, parse_guide(spec, K, seed), max_iter=max_iter)
-        for spec in GUIDES
-    }
 
 
 def _never_decreases(values: list[float]) -> bool:
@@ -44,7 +36,7 @@ def _never_decreases(values: list[float]) -> bool:
 
 def claim_families(x: Tensor, locs: Tensor, seed: int, max_iter: int = 30) -> Claim:
     """Claim 6a: the ELBO traces of every family, and the delta guide's KL gap."""
-    results = fit_families(x, locs, seed, max_iter)
+    results = compare(RestrictedGMM(locs), x, GUIDES, max_iter=max_iter, seed=seed)
     n = x.shape[0]
     start = {spec: r.trace[0] for spec, r in results.items()}
     evidence = start["categorical"].log_evidence
