@@ -144,6 +144,19 @@ def test_exact_families_never_decrease_the_elbo(spec, seed):
         assert after.elbo <= after.log_evidence + 1e-9 * abs(after.log_evidence)
 
 
+@pytest.mark.parametrize("spec", ["categorical", "tempered:0.5", "topk:2", "topk:3"])
+def test_e_step_does_not_depend_on_the_chunk_size(spec):
+    x, model = overlapping(0, n=50)
+    whole = e_step(model, parse_guide(spec, K), x)
+    chunked = e_step(model, parse_guide(spec, K), x, chunk_size=7)
+    assert torch.equal(chunked.q.weights, whole.q.weights) and torch.equal(
+        chunked.labels, whole.labels
+    )
+    if whole.q.indices is not None:
+        assert torch.equal(chunked.q.indices, whole.q.indices)
+    assert chunked.elbo == pytest.approx(whole.elbo, rel=1e-12)
+
+
 @pytest.mark.parametrize("spec", ["delta", "categorical", "tempered:0.5", "topk:2", "sampled"])
 def test_max_iter_counts_m_steps_and_the_trace_has_one_record_per_e_step(spec):
     x, model = overlapping(2, n=80)
