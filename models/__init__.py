@@ -17,9 +17,11 @@ Nothing in a model knows about guides or K-means.
 from typing import Any
 
 from models.bernoulli import BernoulliMixture
+from models.categorical import CategoricalMixture
 from models.gmm import GMM
 from models.poisson import PoissonMixture
 from models.restricted_gmm import RestrictedGMM
+from models.vmf import VMFMixture
 
 # CLI name -> model class; each class has ``from_centres(centres (K, D), x (N, D), **options)``
 # (options such as ``covariance_type`` only where the model takes them) and may have
@@ -29,6 +31,16 @@ MODELS: dict[str, Any] = {
     "gmm": GMM,
     "bernoulli": BernoulliMixture,
     "poisson": PoissonMixture,
+    "categorical": CategoricalMixture,
+    "vmf": VMFMixture,
 }
 
-__all__ = ["GMM", "MODELS", "BernoulliMixture", "PoissonMixture", "RestrictedGMM"]
+__all__ = [
+    "GMM",
+    "MODELS",
+    "BernoulliMixture",
+    "CategoricalMixture",
+    "PoissonMixture",
+    "RestrictedGMM",
+    "VMFMixture",
+]
