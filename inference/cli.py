@@ -302,7 +302,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Fit under every guide in memory first; write DIR only once all fits have succeeded."""
-    from inference.compare import compare, parse_guides, plot_compare, summary, trace_rows
+    from inference.compare import compare, parse_guides, write_compare_outputs
 
     started = time.perf_counter()
     specs = [s.strip() for s in args.guides.split(",")]
@@ -321,31 +321,20 @@ def run_compare(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             callback=lambda label, record: bar.update(1),
         )
-    write_plot(args.out / "compare.png", lambda p: plot_compare(results, p))
-    write_text(args.out / "trace.csv", csv_text(trace_rows(results)))
-    write_json(
-        args.out / "summary.json",
-        {
-            "status": "completed",
-            "model": args.model,
-            "k": args.k,
-            "n": x.shape[0],
-            "d": x.shape[1],
-            "dtype": str(x.dtype).removeprefix("torch."),
-            "init": args.init,
-            "seed": args.seed,
-            "max_iter": args.max_iter,
-            "tol": args.tol,
-            "seconds": time.perf_counter() - started,
-            "guides": summary(results),
-        },
-    )
-    for label, values in summary(results).items():
-        print(
-            f"{label}: {values['n_iter']} M-steps, ELBO {values['elbo']:.6g}, "
-            f"log evidence {values['log_evidence']:.6g}"
-        )
-    print(f"-> {args.out}")
+    run_info = {
+        "model": args.model,
+        "k": args.k,
+        "n": x.shape[0],
+        "d": x.shape[1],
+        "dtype": str(x.dtype).removeprefix("torch."),
+        "init": args.init,
+        "seed": args.seed,
+        "max_iter": args.max_iter,
+        "tol": args.tol,
+        "seconds": time.perf_counter() - started,
+    }
+    for line in write_compare_outputs(args.out, results, run_info):
+        print(line)
     return 0
 
 

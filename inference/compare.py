@@ -3,6 +3,7 @@
     results = compare(RestrictedGMM(init), x, ["delta", "categorical", "tempered:0.5", "topk:2"])
     rows = trace_rows(results)            # one dict per guide and iteration, ``guide`` first
     plot_compare(results, "compare.png")  # ELBO solid, log evidence dashed, one colour per guide
+    write_compare_outputs("runs/cmp", results, {"data": "iris"})  # what `mixem compare` writes
 
 Every guide starts from a deep copy of the model it is given (or a fresh model from a factory),
 so their first records share theta_0: the same log evidence, a different ELBO per family.
@@ -21,7 +22,8 @@ from inference.em import FitResult, MStep, fit
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
 from inference.guides import GuideFamily, Schedule, parse_schedule
-from inference.trace import TraceRecord, plot_traces, to_rows
+from inference.outputs import write_json, write_plot, write_text
+from inference.trace import TraceRecord, csv_text, plot_traces, to_rows
 
 GuideSpec = str | GuideFamily | Schedule
 
@@ -146,3 +148,27 @@ def plot_compare(
 ) -> None:
     """Overlay every guide's ELBO (solid) and log evidence (dashed) in one PNG at ``path``."""
     plot_traces({label: result.trace for label, result in results.items()}, path, title)
+
+
+def write_compare_outputs(
+    out: str | Path, results: dict[str, FitResult], run_info: dict[str, Any]
+) -> list[str]:
+    """Write ``out/compare.png``, ``out/trace.csv`` and ``out/summary.json``, each atomically.
+
+    Args:
+        out: directory (created if missing).
+        results: as ``compare`` returns them.
+        run_info: model, data and settings, copied to the top of ``summary.json``.
+    Returns:
+        One line per guide with its final numbers, and the directory, for printing.
+    """
+    out, final = Path(out), summary(results)
+    write_plot(out / "compare.png", lambda p: plot_compare(results, p))
+    write_text(out / "trace.csv", csv_text(trace_rows(results)))
+    write_json(out / "summary.json", {"status": "completed", **run_info, "guides": final})
+    lines = [
+        f"{label}: {v['n_iter']} M-steps, {v['stop_reason']}; ELBO {v['elbo']:.6g}, "
+        f"log evidence {v['log_evidence']:.6g}"
+        for label, v in final.items()
+    ]
+    return [*lines, f"-> {out}"]
