@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +245,24 @@ def test_help_shows_the_guide_options_with_defaults(capsys, command):
         assert "--guides" in text and "(default: delta,categorical)" in text
     else:
         assert "--guide" in text and "(default: delta)" in text
+
+
+def test_readme_compare_example_runs(tmp_path, monkeypatch, capsys):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Guide families", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_compare"})
+    printed = dict(line.split(" ", 1) for line in capsys.readouterr().out.splitlines())
+    assert list(printed) == [
+        "delta",
+        "categorical",
+        "tempered:0.5",
+        "topk:1",
+        "sampled",
+        "anneal:4:1:10",
+    ]
+    assert printed["delta"] == printed["topk:1"]  # topk:1 is delta, iteration by iteration
+    _, elbo, evidence = (float(v) for v in printed["categorical"].split())
+    assert elbo == pytest.approx(evidence, rel=1e-12)
+    assert (tmp_path / "compare.png").read_bytes()[:8] == PNG
