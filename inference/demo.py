@@ -27,7 +27,7 @@ from inference.demo_estep import claim_density, claim_nearest_centroid, claim_po
 from inference.demo_families import claim_families, claim_shrinking_variance, claim_tempered
 from inference.demo_loop import claim_lloyd, claim_mstep
 from inference.init import random_points
-from inference.outputs import write_plot
+from inference.outputs import write_plot, write_text
 
 SEED = 0
 
@@ -74,16 +74,20 @@ def format_check(c: Check) -> str:
 
 
 def run_demo(out: Path, quick: bool = False, report: Callable[[str], None] = print) -> bool:
-    """Print the report; True when no check failed (a SKIP, for a missing optional tool, is not
-    a failure)."""
+    """Print the report and save it as ``out/report.txt`` beside the figures; True when no
+    check failed (a SKIP, for a missing optional tool, is not a failure)."""
     started = time.perf_counter()
-    report("mixem demo: K-means derived from variational EM with Delta guides")
+    lines = ["mixem demo: K-means derived from variational EM with Delta guides"]
+    report(lines[0])
     checks = demo_checks(out, quick)
     for c in checks:
-        report(format_check(c))
+        lines.append(format_check(c))
+        report(lines[-1])
     counts = {s: sum(c.status == s for c in checks) for s in ("PASS", "FAIL", "SKIP")}
-    report(
+    lines.append(
         f"{counts['PASS']}/{len(checks)} checks passed, {counts['FAIL']} failed, "
         f"{counts['SKIP']} skipped in {time.perf_counter() - started:.1f} s; figures in {out}/"
     )
+    report(lines[-1])
+    write_text(out / "report.txt", "\n".join(lines) + "\n")
     return counts["FAIL"] == 0

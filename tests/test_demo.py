@@ -37,6 +37,7 @@ def test_demo_passes_every_check_and_writes_pngs(tmp_path, capsys):
     for path in tmp_path.glob("*.png"):
         assert path.read_bytes()[:8] == PNG_MAGIC, path
     assert not list(tmp_path.glob(".*")), "a temporary file was left behind"
+    assert (tmp_path / "report.txt").read_text() == stdout
 
 
 def test_a_failing_check_is_reported_and_fails_the_run(tmp_path, monkeypatch):
