@@ -22,6 +22,7 @@ from torch import Tensor
 
 from inference.enumerate import enumerate_assignment_only, isolated_params
 from inference.guides import is_exact_for_trace_elbo, pyro_guide
+from inference.reductions import logsumexp_rows
 from inference.responsibilities import Responsibilities
 
 
@@ -44,7 +45,7 @@ def elbo_from_table(log_joint: Tensor, q: Responsibilities) -> Tensor:
 
 def log_evidence_from_table(log_joint: Tensor) -> Tensor:
     """Scalar sum_i log p(x_i | theta) of the chunk; ``log_joint`` is (n, K)."""
-    return torch.logsumexp(log_joint, dim=1).sum()
+    return logsumexp_rows(log_joint).sum()
 
 
 def _empty_guide(x: Tensor) -> None:

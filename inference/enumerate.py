@@ -72,8 +72,19 @@ def _chunk_table(model: Model, x: Tensor) -> Tensor:
     if not torch.equal(values, torch.arange(K, device=values.device)):
         raise MixemError(f"site {ASSIGNMENT_SITE!r} must take the values 0..K-1")
     trace.compute_log_prob()
-    n = x.shape[0]
-    table = x.new_zeros(K, n)
+    return _sum_site_tables(trace, K, x.shape[0]).T
+
+
+def _sum_site_tables(trace: Any, K: int, n: int) -> Tensor:
+    """(K, n) sum of the log-densities of the sites in the data plate, checked on the way.
+
+    The terms that are already (K, n) (the observation's, usually) are added to the small ones
+    (the prior's (K, 1)) in one pass, so a chunk's table costs a single extra read and write
+    whatever the model; the result is a new tensor (no site's log_prob is written to) and keeps
+    the memory layout of the largest term, so an (n, K) GEMM table comes back contiguous.
+    """
+    full: list[Tensor] = []
+    small: list[Tensor] = []
     for name in trace.stochastic_nodes + trace.observation_nodes:
         site: Any = trace.nodes[name]
         if site_is_subsample(site):
@@ -85,8 +96,34 @@ def _chunk_table(model: Model, x: Tensor) -> Tensor:
             )
         if name != ASSIGNMENT_SITE and name in trace.stochastic_nodes:
             raise MixemError(f"latent site {name!r}: only {ASSIGNMENT_SITE!r} may be latent")
-        table = table + site["log_prob"].expand(K, n)
-    return table.T
+        log_prob = site["log_prob"]
+        # an expanded view (stride 0) is small in memory: it joins the broadcast terms
+        is_full = log_prob.shape == (K, n) and 0 not in log_prob.stride()
+        (full if is_full else small).append(log_prob if is_full else _compact(log_prob))
+    small_sum: Tensor | float = sum(small, 0.0)
+    if not full:
+        return torch.as_tensor(small_sum).expand(K, n).clone()
+    # add in the memory order of the first term: a (K, n) view of an (n, K) table added as
+    # (K, n) would walk memory with stride K (measured 20x slower)
+    flip = full[0].T.is_contiguous()
+    table = (full[0].T + _t(small_sum)).T if flip else full[0] + small_sum
+    for term in full[1:]:
+        table.add_(term)
+    return table
+
+
+def _compact(term: Tensor) -> Tensor:
+    """``term`` with its broadcast (stride-0) dimensions cut to size 1: a view, for cheap sums."""
+    index = tuple(
+        slice(0, 1) if stride == 0 and size > 1 else slice(None)
+        for size, stride in zip(term.shape, term.stride(), strict=True)
+    )
+    return term[index]
+
+
+def _t(value: Tensor | float) -> Tensor | float:
+    """Transpose of a 2-D tensor; a 0-D tensor or a float as is."""
+    return value.T if isinstance(value, Tensor) and value.dim() == 2 else value
 
 
 def iter_log_joint(
