@@ -108,7 +108,12 @@ def claim_lloyd(datasets: dict[str, tuple[Tensor, int]], seed: int = 0) -> Claim
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        skipped = Check("5", "EM with a Delta guide = scikit-learn KMeans", "SKIP", "no sklearn")
+        skipped = Check(
+            "5",
+            "EM with a Delta guide = scikit-learn KMeans",
+            "SKIP",
+            "scikit-learn is not installed (pip install 'mixem[dev]')",
+        )
         return Claim([skipped], {})
     checks, curves = [], {}
     for name, (x, k) in datasets.items():
