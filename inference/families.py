@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from inference.errors import MixemError
+from inference.reductions import max_rows
 from inference.responsibilities import Responsibilities
 
 
@@ -46,7 +47,8 @@ class Delta:
 
     def e_step(self, log_joint: Tensor) -> Responsibilities:
         """One-hot q: ``log_joint`` (n, K) -> weights (n, 1) at indices (n, 1)."""
-        return Responsibilities.one_hot(log_joint.argmax(dim=1), log_joint.dtype)
+        # max_rows: torch.argmax's scalar loop costs more than the GEMM that made the table
+        return Responsibilities.one_hot(max_rows(log_joint)[1], log_joint.dtype)
 
 
 @dataclass(frozen=True)

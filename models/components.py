@@ -162,13 +162,21 @@ class IsotropicNormalComponents(ExpFamilyComponents):
         return -0.5 * (x - self.reference).square().sum(-1) - 0.5 * D * math.log(2 * math.pi)
 
     def log_prob_table(self, x: Tensor) -> Tensor:
-        """(n, K) as the base class, with the centring done once for ``x`` (n, D)."""
+        """(n, K) as the base class, in a single write of the output; ``x`` is (n, D).
+
+        The data's own term and the constants ride in the product as two extra columns,
+        [x - r, -||x - r||^2 / 2, 1] @ [mu - r, 1, -||mu - r||^2 / 2 - (D/2) log 2pi]^T, so
+        the (n, K) output is written once instead of once per term.
+        """
         centred = x - self.reference
         D = x.shape[-1]
-        # -||x - mu||^2/2 = x.mu - ||mu||^2/2 - ||x||^2/2 (all centred); constants ride with A
-        bias = -0.5 * self._centred_locs.square().sum(-1) - 0.5 * D * math.log(2 * math.pi)
-        table = torch.addmm(bias, centred, self._centred_locs.T)
-        return table.sub_(0.5 * centred.square().sum(-1, keepdim=True))
+        rows = torch.cat([centred, -0.5 * centred.square().sum(-1, keepdim=True)], 1)
+        rows = torch.cat([rows, torch.ones_like(rows[:, :1])], 1)  # (n, D + 2)
+        const = -0.5 * self._centred_locs.square().sum(-1, keepdim=True) - 0.5 * D * math.log(
+            2 * math.pi
+        )
+        cols = torch.cat([self._centred_locs, torch.ones_like(const), const], 1)  # (K, D + 2)
+        return rows @ cols.T
 
     def log_prob_assigned(self, x: Tensor) -> Tensor:
         # the direct form is exact to rounding wherever x sits: no expansion needed per point
