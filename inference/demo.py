@@ -57,11 +57,12 @@ def _claims(quick: bool) -> list[Callable[[], Claim]]:
     locs = random_points(x, k, torch.Generator().manual_seed(SEED))
     temperatures = [1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001]
     # data scaled by s = 1/sigma; at s = 32 the responsibilities are one-hot to float64 precision
-    scales = [0.5, 2.0, 8.0, 32.0] if quick else [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    scales = [0.5, 4.0, 32.0] if quick else [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    grid = 150 if quick else 300  # points per side of the Voronoi figure's grid
     return [
         lambda: claim_density(x, locs),
         claim_posterior_vs_delta,
-        lambda: claim_nearest_centroid(x, locs),
+        lambda: claim_nearest_centroid(x, locs, grid),
         lambda: claim_mstep(x, locs),
         lambda: claim_lloyd(_lloyd_datasets(x, k, quick), SEED),
         lambda: claim_families(x, locs, SEED),
