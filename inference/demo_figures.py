@@ -7,6 +7,7 @@ Every function takes the output path first and saves one PNG at ``DPI`` with the
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -70,11 +71,14 @@ def density(
     formula's densities (L,) along it."""
     fig, (left, right) = subplots(2)
     left.scatter(x[:, 0], x[:, 1], s=3, c="0.75")
+    # contours at distances 1.5 and 3 from each centre: exp(-r^2 / 2) of the peak density
+    peak = float(grid_density.max())
+    levels = [peak * math.exp(-(r**2) / 2) for r in (3.0, 1.5)]
     for c in range(grid_density.shape[2]):
-        left.contour(gx, gy, grid_density[:, :, c], levels=4, colors=f"C{c % 10}", linewidths=1)
+        left.contour(gx, gy, grid_density[:, :, c], levels=levels, colors=f"C{c % 10}")
     _centres(left, locs)
     left.set_aspect("equal")
-    left.set_title("model p(x | z=c): circles of equal shape")
+    left.set_title("model p(x | z=c) at distance 1.5 and 3")
     right.plot(line, model_slice, "-", color="C0", label="model (log_joint + log K)")
     right.plot(
         line[::6], formula_slice[::6], "o", ms=4, color="C3", label="(2pi)^(-D/2) e^(-d^2/2)"
