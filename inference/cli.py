@@ -96,6 +96,16 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         help="gmm: added to the diagonal of each covariance (default: 1e-6)",
     )
     parser.add_argument(
+        "--fixed-weights",
+        action="store_true",
+        help="keep the mixing weights uniform (with --guide delta: Bregman hard clustering)",
+    )
+    parser.add_argument(
+        "--shared-concentration",
+        action="store_true",
+        help="vmf: one concentration for all components (with the above: spherical K-means)",
+    )
+    parser.add_argument(
         "--max-iter",
         type=_non_negative_int,
         default=300,

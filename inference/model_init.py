@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import zipfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,12 @@ from torch import Tensor
 from inference.errors import MixemError
 from inference.params import get_params, set_params
 
-# from_centres keyword -> (flag, argparse dest, default)
-CLI_OPTIONS: dict[str, tuple[str, str, Any]] = {
-    "covariance_type": ("--covariance", "covariance", "full"),
-    "reg_covar": ("--reg-covar", "reg_covar", 1e-6),
+# from_centres keyword -> (flag, argparse dest, default of the flag, flag value -> keyword value)
+CLI_OPTIONS: dict[str, tuple[str, str, Any, Callable[[Any], Any]]] = {
+    "covariance_type": ("--covariance", "covariance", "full", str),
+    "reg_covar": ("--reg-covar", "reg_covar", 1e-6, float),
+    "learn_weights": ("--fixed-weights", "fixed_weights", False, lambda fixed: not fixed),
+    "shared_concentration": ("--shared-concentration", "shared_concentration", False, bool),
 }
 
 
@@ -38,10 +41,10 @@ def model_options(model_class: Any, args: argparse.Namespace) -> dict[str, Any]:
     """
     takes = set(getattr(model_class, "cli_options", ()))
     options = {}
-    for keyword, (flag, dest, default) in CLI_OPTIONS.items():
+    for keyword, (flag, dest, default, convert) in CLI_OPTIONS.items():
         value = getattr(args, dest, default)
         if keyword in takes:
-            options[keyword] = value
+            options[keyword] = convert(value)
         elif value != default:
             raise MixemError(f"{flag} does not apply to --model {args.model}")
     return options
@@ -95,6 +98,7 @@ def init_from_file(model: Any, path: str) -> None:
             + ", ".join(sorted(current))
         )
     values = {n: _checked(path, n, a, current[n], model) for n, a in arrays.items()}
-    if "weights" in values and not getattr(model, "learn_weights", True):
-        raise MixemError(f"--init {path}: this model's weights are fixed; leave 'weights' out")
+    fixed = not getattr(model, "learn_weights", True)
+    if fixed and "weights" in values and not torch.allclose(values["weights"], current["weights"]):
+        raise MixemError(f"--init {path}: the weights are fixed uniform; leave 'weights' out")
     set_params(model, values)

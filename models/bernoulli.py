@@ -42,6 +42,9 @@ class BernoulliMixture(PyroModule):
     weights: Tensor
     probs: Tensor
 
+    # constructor keywords the CLI passes (see inference.model_init)
+    cli_options = ("learn_weights",)
+
     def __init__(
         self, probs: Tensor, weights: Tensor | None = None, learn_weights: bool = True
     ) -> None:

@@ -50,6 +50,9 @@ class CategoricalMixture(PyroModule):
     weights: Tensor
     probs: Tensor
 
+    # constructor keywords the CLI passes (see inference.model_init)
+    cli_options = ("learn_weights",)
+
     def __init__(
         self,
         probs: Tensor,

@@ -47,8 +47,8 @@ class GMM(PyroModule):
     weights: Tensor
     locs: Tensor
     covariances: Tensor
-    # constructor keywords the CLI passes (--covariance, --reg-covar); see inference.model_init
-    cli_options = ("covariance_type", "reg_covar")
+    # constructor keywords the CLI passes (see inference.model_init)
+    cli_options = ("covariance_type", "reg_covar", "learn_weights")
 
     def __init__(
         self,

@@ -48,6 +48,9 @@ class PoissonMixture(PyroModule):
     weights: Tensor
     rates: Tensor
 
+    # constructor keywords the CLI passes (see inference.model_init)
+    cli_options = ("learn_weights",)
+
     def __init__(
         self, rates: Tensor, weights: Tensor | None = None, learn_weights: bool = True
     ) -> None:

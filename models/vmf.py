@@ -110,6 +110,9 @@ class VMFMixture(PyroModule):
     locs: Tensor
     concentration: Tensor
 
+    # constructor keywords the CLI passes (see inference.model_init)
+    cli_options = ("learn_weights", "shared_concentration")
+
     def __init__(
         self,
         locs: Tensor,

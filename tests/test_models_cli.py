@@ -156,3 +156,23 @@ def test_singular_gmm_without_reg_covar_and_misplaced_options_exit_2(tmp_path, c
     restricted = fit_args("restricted-gmm", tmp_path / "x.npy", tmp_path / "r", k="2")
     code, _, err = run(capsys, *restricted, "--covariance", "diag")
     assert code == 2 and "--covariance does not apply" in err
+
+
+def test_fixed_weights_and_shared_concentration_flags(tmp_path, capsys):
+    cases = datasets(tmp_path)
+    _, data, _, _ = cases["vmf"]
+    out = tmp_path / "vmf"
+    flags = ["--fixed-weights", "--shared-concentration"]
+    assert run(capsys, *fit_args("vmf", data, out), *flags)[0] == 0
+    params = np.load(out / "params.npz")
+    np.testing.assert_array_equal(params["weights"], np.full(3, 1 / 3))
+    assert params["concentration"].shape == ()
+    # its params.npz restarts it (weights uniform, as fixed); other weights are refused
+    again = [*fit_args("vmf", data, tmp_path / "again"), *flags, "--max-iter", "0"]
+    assert run(capsys, *again, "--init", str(out / "params.npz"))[0] == 0
+    np.savez(tmp_path / "w.npz", weights=np.array([0.5, 0.3, 0.2]))
+    code, _, err = run(capsys, *again, "--init", str(tmp_path / "w.npz"))
+    assert code == 2 and "fixed uniform" in err
+    _, counts, _, _ = cases["poisson"]
+    code, _, err = run(capsys, *fit_args("poisson", counts, tmp_path / "p"), flags[1])
+    assert code == 2 and "--shared-concentration does not apply" in err
