@@ -66,7 +66,7 @@ CASES = ["gmm-full", "gmm-diag", "gmm-spherical", "gmm-tied", "bernoulli", "pois
 def test_fit_writes_named_params_and_init_npz_round_trips(case, tmp_path, capsys):
     model, data, extra, shapes = datasets(tmp_path)[case]
     first = tmp_path / "first"
-    code, stdout, err = run(capsys, *fit_args(model, data, first), *extra, "--max-iter", "20")
+    code, stdout, err = run(capsys, *fit_args(model, data, first), *extra, "--max-iter", "10")
     assert code == 0, err
     assert stdout.startswith(f"{model} / delta")
     params = dict(np.load(first / "params.npz"))

@@ -58,7 +58,7 @@ def precisions(covariances: np.ndarray, kind: str) -> np.ndarray:
 
 DATA = {
     "iris": lambda: load_iris().data,
-    "blobs": lambda: blobs(600, 4, 3, seed=3).numpy() + 50.0,  # far from 0: tests centring
+    "blobs": lambda: blobs(300, 4, 3, seed=3).numpy() + 50.0,  # far from 0: tests centring
 }
 
 
