@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from inference.data import load_array, to_tensor
-from inference.em import FitResult, fit
+from inference.em import FitResult
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
 from inference.guides import GUIDE_SYNTAX, parse_anneal, parse_guide
 from inference.init import kmeans_plusplus, random_points
 from inference.outputs import write_json, write_npy, write_npz, write_plot, write_text
 from inference.params import get_params
+from inference.runner import cli_fit, deferred_signals
 from inference.trace import csv_text, json_text, plot_traces, to_rows
 from inference.validation import check_data
 
@@ -189,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_fit_options(fit_parser)
     add_guide_options(fit_parser)
+    fit_parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the interrupted fit saved in DIR (same --model, --guide, --k and data; "
+        "--max-iter counts its iterations too) (default: start afresh)",
+    )
     add_compare_parser(commands)
     demo = commands.add_parser(
         "demo",
@@ -258,7 +267,12 @@ def _progress(total: int, quiet: bool) -> Any:
 
 
 def write_fit_outputs(
-    out: Path, args: argparse.Namespace, x: torch.Tensor, result: FitResult, seconds: float
+    out: Path,
+    args: argparse.Namespace,
+    x: torch.Tensor,
+    result: FitResult,
+    seconds: float,
+    status: str = "completed",
 ) -> None:
     rows = to_rows(result.trace)
     last = result.trace[-1]
@@ -268,7 +282,7 @@ def write_fit_outputs(
     write_npz(out / "params.npz", {k: v.cpu().numpy() for k, v in get_params(result.model).items()})
     write_plot(out / "trace.png", lambda p: plot_traces({args.guide: result.trace}, p))
     summary = {
-        "status": "completed",
+        "status": status,
         "model": args.model,
         "guide": args.guide,
         "k": args.k,
@@ -291,18 +305,19 @@ def run_fit(args: argparse.Namespace) -> int:
     guide = parse_anneal(args.anneal) if args.anneal else parse_guide(args.guide, args.k, args.seed)
     args.guide = guide.name  # the label in outputs, normalised (e.g. tempered:0.50 -> 0.5)
     model = build_model(args, x)
-    with _progress(args.max_iter + 1, args.quiet) as bar:
-        result = fit(
-            model,
-            x,
-            guide,
-            max_iter=args.max_iter,
-            tol=args.tol,
-            chunk_size=args.chunk_size,
-            callback=lambda record: bar.update(1),
-        )
-    write_fit_outputs(args.out, args, x, result, time.perf_counter() - started)
+    # signals only raise a flag until the outputs are written (inference.runner)
+    with _progress(args.max_iter + 1, args.quiet) as bar, deferred_signals() as flag:
+        result = cli_fit(args, x, model, guide, flag, callback=lambda record: bar.update(1))
+        status = "interrupted" if result.stop_reason == "interrupted" else "completed"
+        write_fit_outputs(args.out, args, x, result, time.perf_counter() - started, status)
     last = result.trace[-1]
+    if status == "interrupted":
+        print(
+            f"mixem: interrupted by {flag.name} after iteration {result.n_iter}; saved to "
+            f"{args.out}; continue with --resume {args.out}",
+            file=sys.stderr,
+        )
+        return flag.exit_code
     print(
         f"{args.model} / {args.guide}: {result.n_iter} M-steps, {result.stop_reason}; "
         f"ELBO {last.elbo:.6g}, log evidence {last.log_evidence:.6g} -> {args.out}"

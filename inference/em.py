@@ -134,12 +134,14 @@ def fit(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     m_step: Literal["auto", "closed", "gradient"] | MStep = "auto",
     callback: Callable[[TraceRecord], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Variational EM of ``model`` on ``x`` (N, D) with q restricted to ``guide``'s family.
 
     Stops at the first of:
       * hard families (one-hot q): no assignment changed and no component was refilled (a
-        fixed point), or the squared shift of all parameters <= ``tol`` x the mean per-feature
+        fixed point) or the refill raised no ELBO (duplicate points, K > distinct points: it
+        would only cycle), or the squared shift of all parameters <= ``tol`` x the mean per-feature
         variance of ``x`` (scikit-learn's KMeans criterion);
       * soft families: |ELBO change| / N < ``tol`` (scikit-learn's GaussianMixture); 0 disables;
       * ``max_iter`` M-steps (``max_iter=0`` only runs the E-step under the initial parameters).
@@ -156,6 +158,9 @@ def fit(
         m_step: "auto" (closed form if the model has one), "closed", "gradient", or a function
             ``(model, x, estep) -> n_relocated``.
         callback: called with each record as soon as it is taken.
+        should_stop: asked before each M-step (after the previous iteration's criteria); True
+            ends the fit there with ``stop_reason="interrupted"``, the model, labels and trace
+            all of the last completed iteration (how Ctrl-C stops a CLI fit cleanly).
     """
     family_at = as_schedule(Delta() if guide is None else guide)
     check_data(x, int(model.n_components))
@@ -175,6 +180,9 @@ def fit(
         callback(trace[-1])
     reason, n_iter = "max_iter", 0
     while n_iter < max_iter:
+        if should_stop is not None and should_stop():
+            reason = "interrupted"
+            break
         started = time.perf_counter()
         before = get_params(model)
         n_relocated = do_m_step(model, x, est)
@@ -192,11 +200,14 @@ def fit(
         # scikit-learn's order: the shift of this M-step is judged before the labels it yields
         if family.hard and shift <= shift_tol:
             reason = "parameter shift below tol"
-        elif family.hard and n_changed == 0 and n_relocated == 0:
+        elif family.hard and n_changed == 0 and (n_relocated == 0 or est.elbo <= previous.elbo):
+            # a refill that moved no label and raised no ELBO only shuffles duplicate points
+            # among tied components (K > distinct points); going on would cycle (sklearn #28055)
             reason = "assignments unchanged"
         elif not family.hard and tol > 0 and abs(est.elbo - previous.elbo) / x.shape[0] < tol:
             reason = "ELBO change below tol"
         else:
             continue
         break
-    return FitResult(model, est.labels, est.q, trace, n_iter, reason != "max_iter", reason)
+    converged = reason not in ("max_iter", "interrupted")
+    return FitResult(model, est.labels, est.q, trace, n_iter, converged, reason)

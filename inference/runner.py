@@ -1,0 +1,245 @@
+"""Keeping a CLI fit's work: Ctrl-C / SIGTERM, non-finite ELBOs, and ``--resume``.
+
+* A first SIGINT or SIGTERM only raises a flag; the EM loop reads it between iterations
+  (``fit(should_stop=...)``), so the fit ends with the params, labels and trace of the last
+  completed iteration, which the CLI writes (``"status": "interrupted"``) before exiting with
+  128 + the signal number (130, 143). A second signal stops at once, as usual.
+* ``resume_fit`` continues an interrupted fit from its checkpoint (params.npz + trace.json):
+  the loop is deterministic given the params, so the run ends exactly where an uninterrupted one
+  would (except for the ``sampled`` guide, whose random stream is not saved).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from inference.em import FitResult, fit
+from inference.errors import MixemError, NonFiniteError
+from inference.guides import as_schedule
+from inference.outputs import write_json, write_text
+from inference.trace import TraceRecord, csv_text, json_text, to_rows
+
+# Test hook: "SIGNAL:T" sends SIGNAL to this process once record T is taken, so a test can
+# interrupt a subprocess after exactly T iterations instead of racing it with a timer.
+SIGNAL_AFTER_ENV = "MIXEM_TEST_SIGNAL_AFTER"
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class SignalFlag:
+    """The first SIGINT/SIGTERM received (None: none yet)."""
+
+    signum: int | None = None
+
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for death by a signal: 128 + its number."""
+        return 128 + int(self.signum or 0)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "no signal"
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[SignalFlag]:
+    """While inside, the first SIGINT/SIGTERM sets the flag; a second one acts at once."""
+    flag = SignalFlag()
+    previous = {s: signal.getsignal(s) for s in HANDLED}
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():  # asked twice: the user does not want to wait for the iteration
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        flag.signum = signum
+
+    for s in HANDLED:
+        signal.signal(s, handler)
+    try:
+        yield flag
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def signal_hook_for_tests() -> Callable[[TraceRecord], None]:
+    """The callback that honours ``MIXEM_TEST_SIGNAL_AFTER`` (a no-op when it is unset)."""
+    spec = os.environ.get(SIGNAL_AFTER_ENV, "")
+    if not spec:
+        return lambda record: None
+    name, _, after = spec.partition(":")
+    signum, iteration = signal.Signals[name], int(after)
+
+    def send(record: TraceRecord) -> None:
+        if record.iteration == iteration:
+            os.kill(os.getpid(), signum)
+
+    return send
+
+
+@dataclass
+class Checkpoint:
+    """An interrupted run: ``summary`` (its summary.json), ``trace`` records 0..t, ``params``
+    the path of the params of iteration t."""
+
+    summary: dict[str, Any]
+    trace: list[TraceRecord]
+    params: Path
+
+    @property
+    def iteration(self) -> int:
+        return self.trace[-1].iteration
+
+
+def load_checkpoint(directory: Path, expected: dict[str, Any]) -> Checkpoint:
+    """Read ``directory``'s summary, trace and params; ``expected`` settings must match.
+
+    Raises:
+        MixemError: missing or unreadable files, a run that was not interrupted, or settings
+            (model, guide, K, data shape) different from this run's.
+    """
+    try:
+        summary = json.loads((directory / "summary.json").read_text())
+        rows = json.loads((directory / "trace.json").read_text())
+        trace = [TraceRecord(**row) for row in rows]
+    except (OSError, ValueError, TypeError) as err:
+        raise MixemError(f"--resume {directory}: no readable checkpoint there ({err})") from err
+    if summary.get("status") != "interrupted":
+        raise MixemError(
+            f"--resume {directory}: status is {summary.get('status')!r}; only an interrupted "
+            "fit can be resumed"
+        )
+    if not trace or not (directory / "params.npz").is_file():
+        raise MixemError(f"--resume {directory}: the trace or params.npz is missing")
+    for key, value in expected.items():
+        if summary.get(key) != value:
+            raise MixemError(
+                f"--resume {directory}: it was a fit with {key}={summary.get(key)!r}, this run "
+                f"has {key}={value!r}; pass the same settings"
+            )
+    return Checkpoint(summary, trace, directory / "params.npz")
+
+
+def _shifted(records: list[TraceRecord], t: int) -> list[TraceRecord]:
+    """Records of a fit restarted at theta_t, numbered from t, without the repeated first one."""
+    return [r._replace(iteration=r.iteration + t) for r in records[1:]]
+
+
+def resume_fit(
+    model: Any,
+    x: Tensor,
+    guide: Any,
+    checkpoint: Checkpoint,
+    *,
+    max_iter: int,
+    callback: Callable[[TraceRecord], None] | None = None,
+    **options: Any,
+) -> FitResult:
+    """Continue a fit whose ``model`` holds the checkpoint's params of iteration t.
+
+    The loop restarts with the E-step under theta_t, which reproduces record t, so that record
+    is dropped and the new ones are renumbered t + 1, ...; a schedule is shifted by t.
+
+    Args:
+        x: (N, D) the same data. max_iter: the total M-steps, counting the t already done.
+        callback: gets the new records, numbered from t + 1.
+        options: passed to ``fit`` (tol, chunk_size, should_stop).
+    Raises:
+        NonFiniteError: with the whole trace, the checkpoint's records included.
+    """
+    t = checkpoint.iteration
+    if max_iter < t:
+        raise MixemError(f"--max-iter {max_iter} is below the {t} iterations already done")
+    family_at = as_schedule(guide)
+
+    def renumbered(record: TraceRecord) -> None:
+        if callback is not None and record.iteration > 0:
+            callback(record._replace(iteration=record.iteration + t))
+
+    try:
+        result = fit(
+            model,
+            x,
+            lambda i: family_at(i + t),
+            max_iter=max_iter - t,
+            callback=renumbered,
+            **options,
+        )
+    except NonFiniteError as err:
+        raise NonFiniteError(
+            f"{err} (counting from iteration {t}, where the fit was resumed)",
+            checkpoint.trace + _shifted(err.trace, t),
+        ) from err
+    trace = checkpoint.trace + _shifted(result.trace, t)
+    return result._replace(trace=trace, n_iter=result.n_iter + t)
+
+
+def run_settings(args: Any, x: Tensor) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it."""
+    return {
+        "model": args.model,
+        "guide": args.guide,
+        "k": args.k,
+        "n": x.shape[0],
+        "d": x.shape[1],
+        "dtype": str(x.dtype).removeprefix("torch."),
+    }
+
+
+def write_non_finite(out: Path, err: NonFiniteError, settings: dict[str, Any]) -> None:
+    """The trace up to the last finite record, and a summary saying why the fit stopped."""
+    rows = to_rows(err.trace)
+    write_text(out / "trace.csv", csv_text(rows))
+    write_text(out / "trace.json", json_text(rows))
+    last = err.trace[-1].iteration if err.trace else None
+    summary = {"status": "non-finite", **settings, "last_finite_iteration": last}
+    write_json(out / "summary.json", {**summary, "error": str(err)})
+
+
+def cli_fit(
+    args: Any, x: Tensor, model: Any, guide: Any, flag: SignalFlag, callback: Callable[..., Any]
+) -> FitResult:
+    """``mixem fit``'s loop: resumed from ``args.resume`` when given, stopped by ``flag``.
+
+    Args:
+        args: the parsed options (model, guide, k, max_iter, tol, chunk_size, resume, out).
+        x: (N, D) data; model: built for it (its params are replaced by the checkpoint's).
+        flag: set by ``deferred_signals``. callback: gets each new record.
+    Raises:
+        NonFiniteError: after writing the trace so far to ``args.out``.
+    """
+    from inference.model_init import init_from_file
+
+    hook = signal_hook_for_tests()
+
+    def on_record(record: TraceRecord) -> None:
+        callback(record)
+        hook(record)
+
+    options: dict[str, Any] = {
+        "tol": args.tol,
+        "chunk_size": args.chunk_size,
+        "callback": on_record,
+        "should_stop": flag.is_set,
+    }
+    try:
+        if args.resume is None:
+            return fit(model, x, guide, max_iter=args.max_iter, **options)
+        checkpoint = load_checkpoint(args.resume, run_settings(args, x))
+        init_from_file(model, str(checkpoint.params))
+        return resume_fit(model, x, guide, checkpoint, max_iter=args.max_iter, **options)
+    except NonFiniteError as err:
+        write_non_finite(args.out, err, run_settings(args, x))
+        raise

@@ -1,0 +1,191 @@
+"""Faults in the EM loop and the CLI: empty components, non-finite ELBOs, signals, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import blobs, nearest_centroid
+
+import models
+from inference.cli import main
+from inference.em import fit
+from inference.errors import NonFiniteError
+from inference.guides import parse_guide
+from inference.runner import SIGNAL_AFTER_ENV
+from models import RestrictedGMM
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+@pytest.mark.parametrize("seed", range(4))
+def test_k_equal_n_with_duplicate_points_terminates(tol, seed):
+    # scikit-learn #28055: K = N on duplicated rows made KMeans loop forever
+    g = torch.Generator().manual_seed(seed)
+    distinct = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    x = distinct[torch.tensor([0, 0, 0, 1, 1, 2])]
+    init = x[torch.randperm(6, generator=g)]
+    result = fit(RestrictedGMM(init), x, max_iter=100, tol=tol)
+    assert result.converged and result.n_iter < 10, result.stop_reason
+    # three components have no distinct point of their own: they are refilled, and reported
+    assert sum(r.n_relocated for r in result.trace) >= 3
+    assert bool(torch.isfinite(result.model.locs).all())
+    locs = result.model.locs.detach()
+    torch.testing.assert_close(locs[result.labels], x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["delta", "categorical", "topk:2", "tempered:0.5"])
+@pytest.mark.parametrize("max_iter", [0, 1, 3])
+def test_labels_match_the_final_parameters_whenever_the_fit_stops(spec, max_iter):
+    # scikit-learn #34074: labels_ from before the last M-step; here an E-step always ends the fit
+    x = blobs(120, 4, 2, seed=5, spread=2.0)
+    init = torch.stack([x.mean(0), x.mean(0) + 1e3, x[0], x[1]])  # one far away: relocated
+    result = fit(RestrictedGMM(init), x, parse_guide(spec, 4), max_iter=max_iter, tol=0.0)
+    assert result.n_iter == max_iter
+    # argmax of every family here is the nearest centroid (ties aside, absent with this data)
+    assert torch.equal(result.labels, nearest_centroid(x, result.model.locs.detach()))
+    if max_iter:
+        assert result.trace[1].n_relocated == 1
+
+
+class ExplodingGMM(RestrictedGMM):
+    """A restricted GMM whose third M-step sends its means to 1e200: every squared distance
+    overflows, log p(x, z) is -inf everywhere and the ELBO of iteration 3 is not finite."""
+
+    def m_step(self, stats):
+        super().m_step(stats)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
+            self.locs = torch.full_like(self.locs, 1e200)
+
+
+def _far_apart_blobs():
+    return blobs(90, 3, 2, seed=1, spread=3.0)
+
+
+def test_non_finite_elbo_stops_with_the_iteration_and_the_trace_so_far():
+    x = _far_apart_blobs()
+    with pytest.raises(NonFiniteError, match="not finite at iteration 3") as caught:
+        fit(ExplodingGMM(x[:3].clone()), x, tol=0.0, max_iter=10)
+    assert [r.iteration for r in caught.value.trace] == [0, 1, 2]
+    assert all(np.isfinite(r.elbo) for r in caught.value.trace)
+
+
+def _argv(out, *extra, model="restricted-gmm", k="4"):
+    return [
+        "fit",
+        "--model",
+        model,
+        "--k",
+        k,
+        "--data",
+        "builtin:iris",
+        "--out",
+        str(out),
+        "--init",
+        "random",
+        "--seed",
+        "1",
+        "--tol",
+        "0",
+        "--max-iter",
+        "6",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_cli_writes_the_trace_so_far_when_the_elbo_is_not_finite(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(models.MODELS, "exploding", ExplodingGMM)
+    code = main(_argv(tmp_path / "o", model="exploding", k="3"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not finite at iteration 3" in err
+    rows = json.loads((tmp_path / "o" / "trace.json").read_text())
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["status"] == "non-finite" and summary["last_finite_iteration"] == 2
+
+
+def _outputs(out):
+    rows = json.loads((out / "trace.json").read_text())
+    params = dict(np.load(out / "params.npz"))
+    summary = json.loads((out / "summary.json").read_text())
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows], params, summary
+
+
+def _run_cli(argv, env_extra):
+    env = {**os.environ, **env_extra}
+    code = [sys.executable, "-c", "import sys; from inference.cli import main; sys.exit(main())"]
+    return subprocess.run(code + argv, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("sig", "exit_code", "in_subprocess"), [("SIGINT", 130, True), ("SIGTERM", 143, False)]
+)
+def test_a_signal_saves_the_last_completed_iteration(
+    tmp_path, monkeypatch, capsys, sig, exit_code, in_subprocess
+):
+    """The process sends itself the signal once record 1 is taken (no timing race); a real
+    subprocess for SIGINT (exit status, no traceback), in-process for SIGTERM (faster)."""
+    if in_subprocess:
+        done = _run_cli(_argv(tmp_path / "i"), {SIGNAL_AFTER_ENV: f"{sig}:1"})
+        code, err = done.returncode, done.stderr
+    else:
+        monkeypatch.setenv(SIGNAL_AFTER_ENV, f"{sig}:1")
+        code, err = main(_argv(tmp_path / "i")), capsys.readouterr().err
+        monkeypatch.delenv(SIGNAL_AFTER_ENV)
+    assert code == exit_code, err
+    assert "Traceback" not in err and f"interrupted by {sig} after iteration 1" in err
+    rows, params, summary = _outputs(tmp_path / "i")
+    assert summary["status"] == "interrupted" and summary["n_iter"] == 1
+    assert not summary["converged"] and [r["iteration"] for r in rows] == [0, 1]
+    # the params and labels are those of a fit stopped after one M-step
+    assert main(_argv(tmp_path / "one", "--max-iter", "1")) == 0
+    _, one_params, _ = _outputs(tmp_path / "one")
+    assert all(np.array_equal(params[k], one_params[k]) for k in one_params)
+    labels = np.load(tmp_path / "i" / "labels.npy")
+    assert np.array_equal(labels, np.load(tmp_path / "one" / "labels.npy"))
+
+
+@pytest.mark.parametrize(
+    "guide", [["--guide", "delta"], ["--guide", "categorical"], ["--anneal", "4:0.5:4"]]
+)
+def test_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch, capsys, guide):
+    assert main(_argv(tmp_path / "full", *guide)) == 0
+    monkeypatch.setenv(SIGNAL_AFTER_ENV, "SIGINT:2")
+    assert main(_argv(tmp_path / "run", *guide)) == 130
+    monkeypatch.delenv(SIGNAL_AFTER_ENV)
+    assert _outputs(tmp_path / "run")[2]["n_iter"] == 2
+    assert main(_argv(tmp_path / "run", *guide, "--resume", str(tmp_path / "run"))) == 0
+    rows, params, summary = _outputs(tmp_path / "run")
+    full_rows, full_params, full_summary = _outputs(tmp_path / "full")
+    assert rows == full_rows and summary["status"] == "completed"
+    assert all(np.array_equal(params[k], full_params[k]) for k in full_params)
+    for key in ("n_iter", "converged", "stop_reason", "elbo"):
+        assert summary[key] == full_summary[key]
+    labels = np.load(tmp_path / "run" / "labels.npy")
+    assert np.array_equal(labels, np.load(tmp_path / "full" / "labels.npy"))
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, monkeypatch, capsys):
+    assert main(_argv(tmp_path / "done")) == 0
+    assert main(_argv(tmp_path / "x", "--resume", str(tmp_path / "done"))) == 2
+    assert "only an interrupted fit can be resumed" in capsys.readouterr().err
+    monkeypatch.setenv(SIGNAL_AFTER_ENV, "SIGTERM:1")
+    assert main(_argv(tmp_path / "cut")) == 143
+    monkeypatch.delenv(SIGNAL_AFTER_ENV)
+    assert main(_argv(tmp_path / "x", "--resume", str(tmp_path / "cut"), k="3")) == 2
+    assert "it was a fit with k=4, this run has k=3" in capsys.readouterr().err
+    assert main(_argv(tmp_path / "x", "--resume", str(tmp_path / "nowhere"))) == 2
+    assert "no readable checkpoint" in capsys.readouterr().err
+
+
+def test_signal_handlers_are_restored_after_a_fit(tmp_path):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert main(_argv(tmp_path / "o")) == 0
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
