@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
 import pyro
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles: "quick" (the default, in `make test`) is small and derandomized, so a run is
+# reproducible; "long" (`make test-long`, HYPOTHESIS_PROFILE=long) explores many more examples.
+# No deadline: a fit's first call pays Pyro's one-off tracing costs.
+settings.register_profile(
+    "quick",
+    max_examples=15,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 
 @pytest.fixture(autouse=True)
