@@ -65,6 +65,8 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         random_state: seed of the initialisation (int, RandomState or None).
         dtype: computation dtype; None keeps float32 and converts anything else to float64.
         chunk_size: rows per enumerated E-step chunk (memory is chunk_size x K).
+        model_options: keywords of the model's ``from_centres``, e.g. ``{"covariance_type":
+            "diag"}`` for ``"gmm"``.
 
     Attributes (after ``fit``):
         model_: the fitted Pyro model. guide_: the guide family.
@@ -89,6 +91,7 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         random_state: Any = None,
         dtype: Any = None,
         chunk_size: int = 4096,
+        model_options: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.guide = guide
@@ -99,6 +102,7 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         self.random_state = random_state
         self.dtype = dtype
         self.chunk_size = chunk_size
+        self.model_options = model_options
 
     # -- input ------------------------------------------------------------------------------
 
@@ -167,7 +171,11 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         model_class = _model_class(self.model)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         guide = self._guide_family(seed)
-        model = model_class.from_centres(self._initial_centres(x, seed), x)
+        options = dict(self.model_options or {})
+        try:
+            model = model_class.from_centres(self._initial_centres(x, seed), x, **options)
+        except TypeError as err:  # an option the model does not take
+            raise MixemError(f"model {self.model!r} does not take {options}: {err}") from err
         result = fit(
             model,
             x,
