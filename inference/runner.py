@@ -3,7 +3,7 @@
 * A first SIGINT or SIGTERM only raises a flag; the EM loop reads it between iterations
   (``fit(should_stop=...)``), so the fit ends with the params, labels and trace of the last
   completed iteration, which the CLI writes (``"status": "interrupted"``) before exiting with
-  128 + the signal number (130, 143). A second signal stops at once, as usual.
+  128 + the signal number (130, 143). A second signal kills the process at once, as usual.
 * ``resume_fit`` continues an interrupted fit from its checkpoint (params.npz + trace.json):
   the loop is deterministic given the params, so the run ends exactly where an uninterrupted one
   would (except for the ``sampled`` guide, whose random stream is not saved).
@@ -60,9 +60,9 @@ def deferred_signals() -> Iterator[SignalFlag]:
     previous = {s: signal.getsignal(s) for s in HANDLED}
 
     def handler(signum: int, frame: Any) -> None:
-        if flag.is_set():  # asked twice: the user does not want to wait for the iteration
-            signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
+        if flag.is_set():  # asked twice: the user does not want to wait for the iteration, so
+            signal.signal(signum, signal.SIG_DFL)  # die of the signal (atomic writes keep
+            os.kill(os.getpid(), signum)  # every file whole), with no traceback
         flag.signum = signum
 
     for s in HANDLED:

@@ -189,3 +189,17 @@ def test_signal_handlers_are_restored_after_a_fit(tmp_path):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert main(_argv(tmp_path / "o")) == 0
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_second_signal_kills_at_once():
+    script = (
+        "import os, signal\n"
+        "from inference.runner import deferred_signals\n"
+        "with deferred_signals() as flag:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print(flag.name, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('still running')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGTERM and done.stdout == "SIGTERM\n", done.stderr
