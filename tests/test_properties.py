@@ -84,6 +84,15 @@ def test_exact_steps_never_lower_the_elbo(problem, spec):
         assert after.elbo >= before.elbo - slack, (before, after)
 
 
+@given(problems(), st.sampled_from([0.0, 1e-4]))
+def test_hard_em_terminates(problem, tol):
+    """Lloyd's iterations reach a fixed point in a few steps, duplicates and K = N included
+    (where refilling empty components used to cycle for ever, as in scikit-learn #28055)."""
+    x, k, init = problem
+    result = fit(RestrictedGMM(init), x, parse_guide("delta", k), max_iter=100, tol=tol)
+    assert result.converged, [(r.n_changed, r.n_relocated, r.elbo) for r in result.trace[-4:]]
+
+
 @given(problems(), st.sampled_from(ALL))
 def test_fit_is_well_formed(problem, spec):
     x, k, init = problem
