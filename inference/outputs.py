@@ -13,6 +13,19 @@ from typing import Any, BinaryIO
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Rename ``tmp`` over ``path`` with the mode a plain ``open()`` would have given it
+    (``mkstemp`` creates owner-only files, which would hide results from other users)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temp file beside ``path``, then rename it over ``path``."""
     path = Path(path)
@@ -23,7 +36,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -58,7 +71,7 @@ def write_plot(path: str | Path, draw: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         draw(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

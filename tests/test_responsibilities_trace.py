@@ -51,3 +51,19 @@ def test_trace_csv_and_json_keep_every_field():
     }
     assert json.loads(json_text(to_rows(trace)))[0]["elbo"] == -10.5
     assert json.loads(json_text([{"elbo": float("nan")}]))[0]["elbo"] is None
+
+
+def test_outputs_get_the_mode_a_plain_open_would_give(tmp_path):
+    import os
+
+    from inference.outputs import write_plot, write_text
+
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        write_plot(tmp_path / "b.png", lambda p: open(p, "wb").close())
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a.txt").read_text() == "x"
