@@ -72,7 +72,9 @@ def e_step(
     """Best member of ``guide``'s family for every point, chunk by chunk; ``x`` is (N, D)."""
     parts, fits = [], []
     elbo = log_evidence = 0.0
-    for _, table in iter_log_joint(model, x, chunk_size):
+    # reuse: each chunk's table lives in the same memory (no page faults); nothing below keeps
+    # a view of it (a guide returns new tensors)
+    for _, table in iter_log_joint(model, x, chunk_size, reuse=True):
         q = guide.e_step(table)
         point_fit = expected_log_joint_per_point(table, q)
         parts.append(q)

@@ -18,12 +18,15 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from inference import workspace
 from inference.errors import MixemError
 
 ASSIGNMENT_SITE = "z"
 OBSERVED_SITE = "x"
 DATA_PLATE = "data"
-DEFAULT_CHUNK_SIZE = 4096
+# rows per trace: about 1M table entries at K = 64 amortise Pyro's per-trace cost (~0.5 ms)
+# while the table still sits in L3; measured best of 4096-65536 at K = 8 and 64, equal at 256
+DEFAULT_CHUNK_SIZE = 16384
 
 Model = Callable[[Tensor], object]
 
@@ -106,6 +109,12 @@ def _sum_site_tables(trace: Any, K: int, n: int) -> Tensor:
     # add in the memory order of the first term: a (K, n) view of an (n, K) table added as
     # (K, n) would walk memory with stride K (measured 20x slower)
     flip = full[0].T.is_contiguous()
+    if workspace.is_reused(full[0]):  # a reused buffer nobody else holds: add in place
+        table = full[0]
+        (table.T if flip else table).add_(_t(small_sum) if flip else small_sum)
+        for term in full[1:]:
+            table.add_(term)
+        return table
     table = (full[0].T + _t(small_sum)).T if flip else full[0] + small_sum
     for term in full[1:]:
         table.add_(term)
@@ -127,7 +136,7 @@ def _t(value: Tensor | float) -> Tensor | float:
 
 
 def iter_log_joint(
-    model: Model, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+    model: Model, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE, reuse: bool = False
 ) -> Iterator[tuple[int, Tensor]]:
     """Yield ``(start, table)`` per chunk of rows: ``table`` is (n, K) for ``x[start:start+n]``.
 
@@ -138,11 +147,16 @@ def iter_log_joint(
         model: a mixture following the site contract (see ``models``).
         x: (N, D) data.
         chunk_size: rows per enumerated trace.
+        reuse: compute every chunk in the same memory (``inference.workspace``): faster, but
+            each table is overwritten by the next, so the caller must be done with it (and
+            keep no view of it) before asking for the next chunk.
     """
     if chunk_size < 1:
         raise MixemError(f"chunk_size must be a positive integer, got {chunk_size}")
-    with isolated_params(), torch.no_grad():
+    scope = workspace.reusing() if reuse else contextlib.nullcontext()
+    with isolated_params(), torch.no_grad(), scope:
         for start in range(0, x.shape[0], chunk_size):
+            workspace.next_chunk()
             yield start, _chunk_table(model, x[start : start + chunk_size])
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from inference import workspace
+
 # exp() of anything below this is subnormal or 0 in float32; clamping there changes a row's
 # sum by at most K * 1e-38 relative to its largest term, exp(0) = 1: nothing, in either dtype.
 _EXP_FLOOR = -87.0
@@ -28,7 +30,7 @@ def max_rows(table: Tensor) -> tuple[Tensor, Tensor]:
     values = table.amax(1, keepdim=True)
     # 1.0 where an entry equals its row's maximum; a float-valued comparison is vectorised,
     # a bool-valued one is not
-    hits = torch.ge(table, values, out=torch.empty_like(table))
+    hits = torch.ge(table, values, out=workspace.temporary("max_rows", table))
     rank = torch.arange(K, 0, -1, dtype=table.dtype, device=table.device)  # K .. 1
     first = hits.mul_(rank).amax(1)  # K - index of the first maximum
     indices = (K - first).long().clamp_(0, K - 1)  # clamp: a NaN row has no hit at all
@@ -43,5 +45,6 @@ def logsumexp_rows(table: Tensor, row_max: Tensor | None = None) -> Tensor:
         row_max: (n,) its row maxima when already known.
     """
     top = table.amax(1) if row_max is None else row_max
-    shifted = torch.sub(table, top[:, None]).clamp_(min=_EXP_FLOOR)
+    shifted = workspace.temporary("logsumexp", table)
+    torch.sub(table, top[:, None], out=shifted).clamp_(min=_EXP_FLOOR)
     return top + shifted.exp_().sum(1).log_()

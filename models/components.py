@@ -27,6 +27,8 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor
 from torch.distributions import constraints
 
+from inference import workspace
+
 
 def is_constant_along_plate(assignment: Tensor) -> bool:
     """True when the assignment has a trailing singleton data-plate dimension, (..., m, 1).
@@ -162,21 +164,22 @@ class IsotropicNormalComponents(ExpFamilyComponents):
         return -0.5 * (x - self.reference).square().sum(-1) - 0.5 * D * math.log(2 * math.pi)
 
     def log_prob_table(self, x: Tensor) -> Tensor:
-        """(n, K) as the base class, in a single write of the output; ``x`` is (n, D).
+        """(n, K) as the base class, with the centring done once for ``x`` (n, D).
 
-        The data's own term and the constants ride in the product as two extra columns,
-        [x - r, -||x - r||^2 / 2, 1] @ [mu - r, 1, -||mu - r||^2 / 2 - (D/2) log 2pi]^T, so
-        the (n, K) output is written once instead of once per term.
+        -||x - mu||^2 / 2 = x.mu - ||mu||^2 / 2 - ||x||^2 / 2 (all centred): one GEMM with the
+        components' terms as its bias, then the points' column. (Folding that column into the
+        product as an extra feature saves a pass but made the rounding depend on the number of
+        rows, i.e. on the chunk size; this form gives bit-identical tables for any chunking.)
         """
         centred = x - self.reference
         D = x.shape[-1]
-        rows = torch.cat([centred, -0.5 * centred.square().sum(-1, keepdim=True)], 1)
-        rows = torch.cat([rows, torch.ones_like(rows[:, :1])], 1)  # (n, D + 2)
-        const = -0.5 * self._centred_locs.square().sum(-1, keepdim=True) - 0.5 * D * math.log(
-            2 * math.pi
-        )
-        cols = torch.cat([self._centred_locs, torch.ones_like(const), const], 1)  # (K, D + 2)
-        return rows @ cols.T
+        bias = -0.5 * self._centred_locs.square().sum(-1) - 0.5 * D * math.log(2 * math.pi)
+        if torch.is_grad_enabled() and self._centred_locs.requires_grad:  # out= can't backprop
+            table = torch.addmm(bias, centred, self._centred_locs.T)
+        else:
+            out = workspace.output("components", (x.shape[0], self.n_components), x)
+            table = torch.addmm(bias, centred, self._centred_locs.T, out=out)
+        return table.sub_(0.5 * centred.square().sum(-1, keepdim=True))
 
     def log_prob_assigned(self, x: Tensor) -> Tensor:
         # the direct form is exact to rounding wherever x sits: no expansion needed per point
