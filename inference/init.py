@@ -26,7 +26,10 @@ def kmeans_plusplus(
     Returns:
         (k, D) rows of ``x``.
     """
-    n = x.shape[0]
+    rows, n = x, x.shape[0]
+    # cdist expands ||x||^2 - 2 x.c + ||c||^2, which far from the origin (1e8 in float32) cancels
+    # to noise; distances of centred data (scikit-learn centres them too) keep the spread
+    x = x - x.double().mean(0).to(x.dtype)
     trials = n_local_trials or 2 + int(math.log(k))
     first = int(torch.randint(n, (1,), generator=generator, device=x.device))
     chosen = [first]
@@ -44,7 +47,7 @@ def kmeans_plusplus(
         best = int(candidate_closest.sum(1).argmin())
         chosen.append(int(candidates[best]))
         closest = candidate_closest[best]
-    return x[chosen].clone()
+    return rows[chosen].clone()
 
 
 def random_points(x: Tensor, k: int, generator: torch.Generator) -> Tensor:

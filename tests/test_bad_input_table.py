@@ -68,6 +68,7 @@ CASES: dict[str, Case] = {
     ),
     "integer data": Case(_fit("int.npy"), 0, ""),
     "float16 data": Case(_fit("f16.npy"), 0, ""),
+    "huge offset in float32 (1e8 + spread)": Case(_fit("offset.npy"), 0, ""),
     "unknown model": Case(_fit("blobs.npy", "3", "nope"), 2, "unknown model 'nope'; choose one"),
     "unknown guide": Case(
         _fit("blobs.npy", "3", "restricted-gmm", "--guide", "nope"), 2, "unknown guide 'nope'"
@@ -107,6 +108,7 @@ def _write_data(directory: Path) -> None:
         "singular": np.hstack([blobs, blobs[:, :1]]),  # a copied column: rank 2 in 3-D
         "int": np.round(blobs * 10).astype(np.int64),
         "f16": blobs.astype(np.float16),
+        "offset": (1e8 + 1000 * blobs).astype(np.float32),  # float32 spacing at 1e8 is 8
     }
     for name, array in arrays.items():
         np.save(directory / f"{name}.npy", array)
@@ -129,6 +131,12 @@ def _handled(name: str, out: Path) -> None:
         assert np.all(locs == 1.0)
     if name in ("K = N with duplicate points", "--init with duplicate centres"):
         assert sum(relocated) >= 1 and summary["converged"]
+    if name.startswith("huge offset"):  # the three blobs, their means to float32 resolution
+        groups = np.load(out.parent / "offset.npy").astype(np.float64).reshape(3, 20, 2)
+        assert summary["dtype"] == "float32" and len(set(labels.tolist())) == 3
+        assert all(len(set(part.tolist())) == 1 for part in labels.reshape(3, 20))
+        component = labels.reshape(3, 20)[:, 0]  # of each blob
+        np.testing.assert_allclose(locs[component], groups.mean(1), rtol=0, atol=16)
     if name == "--init with duplicate centres":
         assert len(set(labels.tolist())) == 3
     assert summary["status"] == "completed"
