@@ -112,6 +112,17 @@ def _check_finite(est: EStep, iteration: int, trace: list[TraceRecord]) -> None:
         )
 
 
+def _check_params(params: dict[str, Tensor], iteration: int, trace: list[TraceRecord]) -> None:
+    # checked before the E-step: Pyro would reject NaN parameters with a bare ValueError
+    bad = sorted(name for name, value in params.items() if not bool(torch.isfinite(value).all()))
+    if bad:
+        raise NonFiniteError(
+            f"the parameters are not finite at iteration {iteration} ({', '.join(bad)}); the "
+            f"trace up to iteration {iteration - 1} is kept",
+            trace,
+        )
+
+
 def _record(
     iteration: int, est: EStep, n_changed: int, n_relocated: int, started: float
 ) -> TraceRecord:
@@ -189,7 +200,9 @@ def fit(
         before = get_params(model)
         n_relocated = do_m_step(model, x, est)
         n_iter += 1
-        shift = squared_shift(before, get_params(model))
+        after = get_params(model)
+        _check_params(after, n_iter, trace)
+        shift = squared_shift(before, after)
         family = family_at(n_iter)
         previous, est = est, e_step(model, family, x, chunk_size)
         _check_finite(est, n_iter, trace)

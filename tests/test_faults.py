@@ -76,6 +76,25 @@ def test_non_finite_elbo_stops_with_the_iteration_and_the_trace_so_far():
     assert all(np.isfinite(r.elbo) for r in caught.value.trace)
 
 
+class NaNGMM(RestrictedGMM):
+    """Its third M-step leaves NaN means (Pyro would reject them with a bare ValueError)."""
+
+    def m_step(self, stats):
+        super().m_step(stats)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
+            self.locs = torch.full_like(self.locs, float("nan"))
+
+
+def test_non_finite_parameters_stop_with_the_iteration_and_the_trace_so_far():
+    x = _far_apart_blobs()
+    with pytest.raises(
+        NonFiniteError, match=r"parameters are not finite at iteration 3 \(locs\)"
+    ) as caught:
+        fit(NaNGMM(x[:3].clone()), x, tol=0.0, max_iter=10)
+    assert [r.iteration for r in caught.value.trace] == [0, 1, 2]
+
+
 def _argv(out, *extra, model="restricted-gmm", k="4"):
     return [
         "fit",
