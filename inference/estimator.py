@@ -215,7 +215,8 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         return x, [table for _, table in iter_log_joint(self.model_, x, int(self.chunk_size))]
 
     def predict(self, X: Any) -> np.ndarray:
-        """(N,) int64: the label the fitted guide family gives each row of ``X`` (N, D)."""
+        """(N,) int64: the label the fitted guide family gives each row of ``X`` (N, D) (for
+        ``"sampled"`` a fresh draw; every other family gives the most probable component)."""
         check_is_fitted(self)
         x = self._validate(X, reset=False)
         est = e_step(self.model_, self.guide_, x, int(self.chunk_size))

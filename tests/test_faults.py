@@ -200,6 +200,8 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(SIGNAL_AFTER_ENV)
     assert main(_argv(tmp_path / "x", "--resume", str(tmp_path / "cut"), k="3")) == 2
     assert "it was a fit with k=4, this run has k=3" in capsys.readouterr().err
+    assert main(_argv(tmp_path / "x", "--resume", str(tmp_path / "cut"), "--max-iter", "0")) == 2
+    assert "--max-iter 0 is below the 1 iterations already done" in capsys.readouterr().err
     assert main(_argv(tmp_path / "x", "--resume", str(tmp_path / "nowhere"))) == 2
     assert "no readable checkpoint" in capsys.readouterr().err
 
