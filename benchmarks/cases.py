@@ -20,7 +20,7 @@ from torch import Tensor
 from inference.elbo import expected_log_joint_per_point
 from inference.em import e_step, fit
 from inference.enumerate import iter_log_joint
-from inference.guides import Delta
+from inference.guides import Delta, parse_guide
 from models import RestrictedGMM
 
 
@@ -57,13 +57,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def mixem_iteration(x: Tensor, init: Tensor, iters: int, chunk_size: int) -> tuple[float, int]:
-    """Median seconds of one hard-EM iteration (M-step, generic E-step, record) of ``fit``.
+def mixem_iteration(
+    x: Tensor, init: Tensor, iters: int, chunk_size: int, guide: str = "delta"
+) -> tuple[float, int]:
+    """Median seconds of one EM iteration (M-step, generic E-step, record) of ``fit``.
 
     Returns:
         the median over iterations 1..n of the trace's per-iteration wall time, and n.
     """
-    result = fit(RestrictedGMM(init), x, Delta(), max_iter=iters, tol=0.0, chunk_size=chunk_size)
+    family = parse_guide(guide, init.shape[0])
+    result = fit(RestrictedGMM(init), x, family, max_iter=iters, tol=0.0, chunk_size=chunk_size)
     seconds = [r.seconds for r in result.trace[1:]]
     return statistics.median(seconds), len(seconds)
 
@@ -119,12 +122,16 @@ def e_step_without_record(model: RestrictedGMM, x: Tensor, chunk_size: int) -> N
 
 
 def record_cost(model: RestrictedGMM, x: Tensor, chunk_size: int, repeats: int) -> float:
-    """Seconds per E-step spent on the trace record (ELBO, log evidence) from the table."""
-    full = median_seconds(lambda: e_step(model, Delta(), x, chunk_size), repeats, str(x.device))
-    bare = median_seconds(
-        lambda: e_step_without_record(model, x, chunk_size), repeats, str(x.device)
-    )
-    return max(full - bare, 0.0)
+    """Seconds per E-step spent on the trace record (ELBO, log evidence) from the table: the
+    median of paired differences, E-step with and without it run back to back."""
+    device = str(x.device)
+    with_record = lambda: e_step(model, Delta(), x, chunk_size)  # noqa: E731
+    without = lambda: e_step_without_record(model, x, chunk_size)  # noqa: E731
+    differences = [
+        median_seconds(with_record, 1, device) - median_seconds(without, 1, device)
+        for _ in range(repeats)
+    ]
+    return max(statistics.median(differences), 0.0)
 
 
 def label_agreement(x: Tensor, locs: Tensor, chunk_size: int) -> float:

@@ -16,6 +16,7 @@ Outside ``reusing()`` both return fresh tensors: nothing changes for code that k
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -40,31 +41,38 @@ class _Workspace:
         return flat[:numel].view(shape)
 
 
-_active: list[_Workspace] = []
+class _Stack(threading.local):
+    """Active workspaces, innermost last; one stack per thread, so threads never share one."""
+
+    def __init__(self) -> None:
+        self.spaces: list[_Workspace] = []
+
+
+_stack = _Stack()
 
 
 @contextlib.contextmanager
 def reusing() -> Iterator[None]:
     """Within the block, ``output`` and ``temporary`` hand out reused buffers."""
     space = _Workspace()
-    _active.append(space)
+    _stack.spaces.append(space)
     try:
         yield
     finally:
-        _active.remove(space)  # by identity: a generator closed late must not pop another
+        _stack.spaces.remove(space)  # by identity: a generator closed late must not pop another
 
 
 def next_chunk() -> None:
     """The previous chunk's outputs may now be overwritten."""
-    if _active:
-        _active[-1].counts.clear()
+    if _stack.spaces:
+        _stack.spaces[-1].counts.clear()
 
 
 def output(slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """An uninitialised tensor of ``shape`` in ``like``'s dtype and device, valid for this chunk."""
-    if not _active:
+    if not _stack.spaces:
         return torch.empty(shape, dtype=like.dtype, device=like.device)
-    space = _active[-1]
+    space = _stack.spaces[-1]
     k = space.counts.get(slot, 0)
     space.counts[slot] = k + 1
     return space.get(f"{slot}#{k}", shape, like)
@@ -74,22 +82,22 @@ def temporary(slot: str, like: Tensor) -> Tensor:
     """Uninitialised scratch shaped and laid out as ``like`` (a 2-D tensor, or its transpose:
     elementwise kernels are fast only when every operand walks memory in the same order); the
     same memory at every call of ``slot``."""
-    if not _active:
+    if not _stack.spaces:
         return torch.empty_like(like)
     flipped = like.dim() == 2 and not like.is_contiguous() and like.T.is_contiguous()
     shape = tuple(like.shape[::-1]) if flipped else tuple(like.shape)
-    out = _active[-1].get(f"tmp:{slot}", shape, like)
+    out = _stack.spaces[-1].get(f"tmp:{slot}", shape, like)
     return out.T if flipped else out
 
 
 def is_reused(tensor: Tensor) -> bool:
     """True when ``tensor`` lies in an output buffer of the active workspace (safe to overwrite
     in place for the rest of the chunk: nobody else holds it)."""
-    if not _active:
+    if not _stack.spaces:
         return False
     pointer = tensor.untyped_storage().data_ptr()
     return any(
         flat.untyped_storage().data_ptr() == pointer
-        for (key, *_), flat in _active[-1].buffers.items()
+        for (key, *_), flat in _stack.spaces[-1].buffers.items()
         if not key.startswith("tmp:")
     )
