@@ -20,11 +20,22 @@ from inference.data import load_array, to_tensor
 from inference.em import FitResult
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
+from inference.families import Anneal
 from inference.guides import GUIDE_SYNTAX, parse_anneal, parse_guide
 from inference.init import kmeans_plusplus, random_points
+from inference.online import fit_minibatch
 from inference.outputs import write_json, write_npy, write_npz, write_plot, write_text
 from inference.params import get_params
 from inference.runner import cli_fit, deferred_signals
+from inference.scale import (
+    DataInfo,
+    add_scale_options,
+    check_scale_options,
+    load_rows,
+    share_start,
+    start_workers,
+    stop_workers,
+)
 from inference.trace import csv_text, json_text, plot_traces, to_rows
 from inference.validation import check_data
 
@@ -190,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_fit_options(fit_parser)
     add_guide_options(fit_parser)
+    add_scale_options(fit_parser)
     fit_parser.add_argument(
         "--resume",
         type=Path,
@@ -269,7 +281,7 @@ def _progress(total: int, quiet: bool) -> Any:
 def write_fit_outputs(
     out: Path,
     args: argparse.Namespace,
-    x: torch.Tensor,
+    x: torch.Tensor | DataInfo,
     result: FitResult,
     seconds: float,
     status: str = "completed",
@@ -301,15 +313,45 @@ def write_fit_outputs(
 
 def run_fit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    x = load_data(args)
+    check_scale_options(args)
     guide = parse_anneal(args.anneal) if args.anneal else parse_guide(args.guide, args.k, args.seed)
     args.guide = guide.name  # the label in outputs, normalised (e.g. tempered:0.50 -> 0.5)
-    model = build_model(args, x)
-    # signals only raise a flag until the outputs are written (inference.runner)
-    with _progress(args.max_iter + 1, args.quiet) as bar, deferred_signals() as flag:
-        result = cli_fit(args, x, model, guide, flag, callback=lambda record: bar.update(1))
-        status = "interrupted" if result.stop_reason == "interrupted" else "completed"
-        write_fit_outputs(args.out, args, x, result, time.perf_counter() - started, status)
+    reducer = start_workers(args)
+    try:
+        x, init_rows, data = load_rows(args, reducer)
+        model = build_model(args, init_rows)
+        share_start(model, reducer)
+        del init_rows  # streamed fits must not keep the rows the start was computed from
+        # signals only raise a flag until the outputs are written (inference.runner)
+        with (
+            _progress(args.max_iter + 1, args.quiet or reducer.rank > 0) as bar,
+            deferred_signals() as flag,
+        ):
+            if args.batch_size is not None:
+                assert not isinstance(guide, Anneal), "check_scale_options rejects --anneal here"
+                result = fit_minibatch(
+                    model,
+                    x,
+                    guide,
+                    batch_size=args.batch_size,
+                    n_passes=args.passes,
+                    seed=args.seed,
+                    chunk_size=args.chunk_size,
+                    callback=lambda r: bar.update(1),
+                )
+            else:
+                result = cli_fit(
+                    args, x, model, guide, flag, lambda r: bar.update(1), reducer, data
+                )
+            result = result._replace(labels=reducer.gather(result.labels))
+            status = "interrupted" if result.stop_reason == "interrupted" else "completed"
+            if reducer.rank == 0:
+                seconds = time.perf_counter() - started
+                write_fit_outputs(args.out, args, data, result, seconds, status)
+    finally:
+        stop_workers(reducer)
+    if reducer.rank > 0:
+        return flag.exit_code if status == "interrupted" else 0
     last = result.trace[-1]
     if status == "interrupted":
         print(

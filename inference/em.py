@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from inference.distributed import LOCAL, Reducer
 from inference.elbo import (
     entropy_per_point,
     expected_log_joint_per_point,
@@ -30,7 +31,7 @@ from inference.mstep import closed_form_m_step, gradient_m_step, has_closed_form
 from inference.params import get_params, squared_shift
 from inference.responsibilities import Responsibilities
 from inference.trace import TraceRecord
-from inference.validation import check_data
+from inference.validation import check_data, check_k
 
 
 class EStep(NamedTuple):
@@ -67,9 +68,16 @@ MStep = Callable[[Any, Tensor, EStep], int]
 
 
 def e_step(
-    model: Any, guide: GuideFamily, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+    model: Any,
+    guide: GuideFamily,
+    x: Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    reducer: Reducer = LOCAL,
 ) -> EStep:
-    """Best member of ``guide``'s family for every point, chunk by chunk; ``x`` is (N, D)."""
+    """Best member of ``guide``'s family for every point, chunk by chunk; ``x`` is (N, D).
+
+    ``q``, ``labels`` and ``point_fit`` are this worker's; ``elbo`` and ``log_evidence`` are
+    totals over all workers (``reducer``)."""
     parts, fits = [], []
     elbo = log_evidence = 0.0
     # reuse: each chunk's table lives in the same memory (no page faults); nothing below keeps
@@ -83,11 +91,17 @@ def e_step(
         elbo += float(point_fit.sum() + entropy_per_point(q).sum())
         log_evidence += float(log_evidence_from_table(table))
     q = Responsibilities.cat(parts)
-    return EStep(q, q.labels(), torch.cat(fits), elbo, log_evidence)
+    totals = reducer.sum(
+        torch.tensor([elbo, log_evidence], dtype=torch.float64, device=q.weights.device)
+    )
+    return EStep(q, q.labels(), torch.cat(fits), float(totals[0]), float(totals[1]))
 
 
 def choose_m_step(
-    model: Any, kind: Literal["auto", "closed", "gradient"] | MStep, chunk_size: int
+    model: Any,
+    kind: Literal["auto", "closed", "gradient"] | MStep,
+    chunk_size: int,
+    reducer: Reducer = LOCAL,
 ) -> MStep:
     """The M-step to use: the model's closed form when it has one ("auto"), or as asked."""
     if callable(kind):
@@ -95,12 +109,46 @@ def choose_m_step(
     if kind == "closed" or (kind == "auto" and has_closed_form(model)):
         if not has_closed_form(model):
             raise MixemError(f"{type(model).__name__} has no closed-form M-step; use 'gradient'")
-        return lambda m, x, est: closed_form_m_step(m, x, est.q, est.point_fit, chunk_size)
+        return lambda m, x, est: closed_form_m_step(m, x, est.q, est.point_fit, chunk_size, reducer)
     if kind in ("auto", "gradient"):
-        return lambda m, x, est: (gradient_m_step(m, x, est.q), 0)[1]
+        return lambda m, x, est: (gradient_m_step(m, x, est.q, reducer=reducer), 0)[1]
     raise MixemError(
         f"unknown m_step {kind!r}; expected 'auto', 'closed', 'gradient' or a function"
     )
+
+
+def check_rows(model: Any, x: Tensor, chunk_size: int, reducer: Reducer = LOCAL) -> int:
+    """Check every chunk of rows (finite floats, the model's own ``validate_data``) and K <= N
+    over all workers; returns N. Chunked, so data streamed from a file is checked too."""
+    n_total = int(reducer.sum(torch.tensor([x.shape[0]]))[0])
+    if isinstance(x, Tensor):
+        check_data(x, 1)  # shape and values of the whole tensor at once
+    validate = getattr(model, "validate_data", None)
+    for start in range(0, x.shape[0], chunk_size):
+        chunk = x[start : start + chunk_size]
+        if not isinstance(x, Tensor):
+            check_data(chunk, 1, first_row=start)
+        if validate is not None:  # per-family checks (binary, counts, unit vectors ...)
+            validate(chunk)
+    check_k(int(model.n_components), n_total)
+    return n_total
+
+
+def mean_feature_variance(
+    x: Tensor, n_total: int, chunk_size: int, reducer: Reducer = LOCAL
+) -> float:
+    """Mean over features of the variance of ``x`` (N, D) over all workers (scikit-learn's
+    scale for KMeans' tol), in two chunked passes: mean first, then squared deviations, which
+    keeps its precision where E[x^2] - E[x]^2 would cancel."""
+    if n_total < 2:
+        return 0.0
+    total = sum(x[s : s + chunk_size].double().sum(0) for s in range(0, x.shape[0], chunk_size))
+    mean = reducer.sum(torch.as_tensor(total)) / n_total
+    squares = sum(
+        ((x[s : s + chunk_size].double() - mean) ** 2).sum(0)
+        for s in range(0, x.shape[0], chunk_size)
+    )
+    return float(reducer.sum(torch.as_tensor(squares)).mean() / n_total)
 
 
 def _check_finite(est: EStep, iteration: int, trace: list[TraceRecord]) -> None:
@@ -148,6 +196,7 @@ def fit(
     m_step: Literal["auto", "closed", "gradient"] | MStep = "auto",
     callback: Callable[[TraceRecord], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    reducer: Reducer = LOCAL,
 ) -> FitResult:
     """Variational EM of ``model`` on ``x`` (N, D) with q restricted to ``guide``'s family.
 
@@ -174,21 +223,21 @@ def fit(
         should_stop: asked before each M-step (after the previous iteration's criteria); True
             ends the fit there with ``stop_reason="interrupted"``, the model, labels and trace
             all of the last completed iteration (how Ctrl-C stops a CLI fit cleanly).
+        reducer: when ``x`` is one worker's shard of the data, sums over all workers
+            (``inference.distributed``); labels and q are then the shard's, every total
+            (ELBO, log evidence, changed labels, statistics) is global.
     """
     family_at = as_schedule(Delta() if guide is None else guide)
-    check_data(x, int(model.n_components))
-    validate = getattr(model, "validate_data", None)
-    if validate is not None:  # per-family checks (binary, counts, unit vectors ...)
-        validate(x)
+    n_total = check_rows(model, x, chunk_size, reducer)
     if max_iter < 0 or tol < 0:
         raise MixemError(f"max_iter and tol must be >= 0, got max_iter={max_iter}, tol={tol}")
-    do_m_step = choose_m_step(model, m_step, chunk_size)
-    shift_tol = tol * float(x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
+    do_m_step = choose_m_step(model, m_step, chunk_size, reducer)
+    shift_tol = tol * mean_feature_variance(x, n_total, chunk_size, reducer)
     started = time.perf_counter()
-    est = e_step(model, family_at(0), x, chunk_size)
+    est = e_step(model, family_at(0), x, chunk_size, reducer)
     trace: list[TraceRecord] = []
     _check_finite(est, 0, trace)
-    trace.append(_record(0, est, x.shape[0], 0, started))
+    trace.append(_record(0, est, n_total, 0, started))
     if callback:
         callback(trace[-1])
     reason, n_iter = "max_iter", 0
@@ -204,9 +253,9 @@ def fit(
         _check_params(after, n_iter, trace)
         shift = squared_shift(before, after)
         family = family_at(n_iter)
-        previous, est = est, e_step(model, family, x, chunk_size)
+        previous, est = est, e_step(model, family, x, chunk_size, reducer)
         _check_finite(est, n_iter, trace)
-        n_changed = int((est.labels != previous.labels).sum())
+        n_changed = int(reducer.sum((est.labels != previous.labels).sum()))
         trace.append(_record(n_iter, est, n_changed, n_relocated, started))
         if callback:
             callback(trace[-1])
@@ -219,7 +268,7 @@ def fit(
             # a refill that moved no label and raised no ELBO only shuffles duplicate points
             # among tied components (K > distinct points); going on would cycle (sklearn #28055)
             reason = "assignments unchanged"
-        elif not family.hard and tol > 0 and abs(est.elbo - previous.elbo) / x.shape[0] < tol:
+        elif not family.hard and tol > 0 and abs(est.elbo - previous.elbo) / n_total < tol:
             reason = "ELBO change below tol"
         else:
             continue

@@ -16,7 +16,9 @@ import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from torch import Tensor
 
+from inference.distributed import LOCAL, Reducer
 from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params
+from inference.errors import MixemError
 from inference.guides import is_exact_for_trace_elbo, pyro_guide
 from inference.responsibilities import Responsibilities
 
@@ -49,8 +51,25 @@ def sufficient_statistics(
     return total
 
 
+def _worst_points(point_fit: Tensor, n_empty: int, reducer: Reducer) -> list[int]:
+    """Local row indices of this worker's points among the ``n_empty`` worst-explained points
+    of all workers, in the order they refill the empty components (worst first); an entry -1
+    marks a point owned by another worker."""
+    local = torch.topk(point_fit, min(n_empty, point_fit.shape[0]), largest=False)
+    values = reducer.gather(local.values.double())
+    owners = reducer.gather(torch.full_like(local.indices, reducer.rank))
+    rows = reducer.gather(local.indices)
+    order = torch.sort(values, stable=True).indices[:n_empty]
+    return [int(rows[j]) if int(owners[j]) == reducer.rank else -1 for j in order.tolist()]
+
+
 def relocate_empty_components(
-    model: object, stats: Stats, x: Tensor, q: Responsibilities, point_fit: Tensor
+    model: object,
+    stats: Stats,
+    x: Tensor,
+    q: Responsibilities,
+    point_fit: Tensor,
+    reducer: Reducer = LOCAL,
 ) -> tuple[Stats, int]:
     """Give each component with zero weight the worst-explained point, moving its statistics.
 
@@ -59,23 +78,32 @@ def relocate_empty_components(
     component is ever left without data and no mean becomes 0/0.
 
     Args:
-        stats: summed statistics with ``counts`` (K,).
-        x: (N, D) data; q: its responsibilities; point_fit: (N,) E_q[log p(x_i, z_i)].
+        stats: statistics summed over all workers, with ``counts`` (K,).
+        x: (N, D) this worker's data; q: its responsibilities; point_fit: (N,)
+            E_q[log p(x_i, z_i)].
+        reducer: combines workers (the worst points are chosen among all of them).
     Returns:
         The corrected statistics and the number of components refilled.
     """
     empty = torch.nonzero(stats["counts"] <= 0).reshape(-1)
-    n_empty = min(int(empty.numel()), x.shape[0])
+    n_total = int(reducer.sum(torch.tensor([x.shape[0]], device=x.device))[0])
+    n_empty = min(int(empty.numel()), n_total)
     if n_empty == 0:
         return stats, 0
     stats_of = model.sufficient_statistics  # type: ignore[attr-defined]
-    worst = torch.topk(point_fit, n_empty, largest=False).indices
-    for component, i in zip(empty.tolist(), worst.tolist(), strict=False):
+    moves: Stats | None = None
+    for component, i in zip(
+        empty.tolist(), _worst_points(point_fit, n_empty, reducer), strict=False
+    ):
+        if i < 0:  # another worker moves this point
+            continue
         row = x[i : i + 1]
-        stats = _add(stats, stats_of(row, q.slice(i, i + 1)), -1.0)
-        target = torch.tensor([component], device=x.device)
-        stats = _add(stats, stats_of(row, Responsibilities.one_hot(target, x.dtype)))
-    return stats, n_empty
+        moves = _add(moves, stats_of(row, q.slice(i, i + 1)), -1.0)
+        target = torch.tensor([component], device=row.device)
+        moves = _add(moves, stats_of(row, Responsibilities.one_hot(target, row.dtype)))
+    if moves is None:
+        moves = {name: torch.zeros_like(value) for name, value in stats.items()}
+    return _add(stats, {name: reducer.sum(value) for name, value in moves.items()}), n_empty
 
 
 def closed_form_m_step(
@@ -84,22 +112,29 @@ def closed_form_m_step(
     q: Responsibilities,
     point_fit: Tensor,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    reducer: Reducer = LOCAL,
 ) -> int:
     """Update the model in place from its sufficient statistics; returns components refilled.
 
     Args:
         x: (N, D) data; q: responsibilities of the N points; point_fit: (N,) as in
             ``relocate_empty_components``.
+        reducer: sums the statistics over workers, so each takes the same M-step.
     """
     with torch.no_grad():
-        stats = sufficient_statistics(model, x, q, chunk_size)
-        stats, n_relocated = relocate_empty_components(model, stats, x, q, point_fit)
+        local = sufficient_statistics(model, x, q, chunk_size)
+        stats = {name: reducer.sum(value) for name, value in local.items()}
+        stats, n_relocated = relocate_empty_components(model, stats, x, q, point_fit, reducer)
         model.m_step(stats)  # type: ignore[attr-defined]
     return n_relocated
 
 
 def gradient_m_step(
-    model: torch.nn.Module, x: Tensor, q: Responsibilities, max_steps: int = 100
+    model: torch.nn.Module,
+    x: Tensor,
+    q: Responsibilities,
+    max_steps: int = 100,
+    reducer: Reducer = LOCAL,
 ) -> float:
     """Maximise Pyro's exact ELBO over the model's parameters with the guide fixed at q.
 
@@ -112,6 +147,8 @@ def gradient_m_step(
         model: mixture following the site contract, with learnable parameters.
         x: (N, D) data; q: responsibilities of the N points.
         max_steps: L-BFGS iterations.
+        reducer: sums losses and gradients over workers; every worker then runs the same
+            L-BFGS iterations on the same totals and ends at the same parameters.
     Returns:
         The final per-point ELBO.
     """
@@ -128,15 +165,23 @@ def gradient_m_step(
         tolerance_grad=1e-10,
         tolerance_change=1e-14,
     )
-    n = x.shape[0]
+    if not isinstance(x, Tensor):
+        raise MixemError("the gradient M-step needs the data in memory, not streamed from a file")
+    n = int(reducer.sum(torch.tensor([x.shape[0]], device=x.device))[0])
 
     def closure() -> Tensor:
         optimiser.zero_grad()
         loss = elbo.differentiable_loss(model, guide, x) / n
         loss.backward()
-        return loss
+        if reducer.world_size == 1:
+            return loss
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(reducer.sum(p.grad))
+        return reducer.sum(loss.detach())
 
     with isolated_params():
         optimiser.step(closure)
         with torch.no_grad():
-            return -float(elbo.loss(model, guide, x)) / n
+            local = torch.tensor([elbo.loss(model, guide, x)], dtype=torch.float64)
+            return -float(reducer.sum(local)[0]) / n

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from inference.distributed import LOCAL, Reducer
 from inference.em import FitResult, fit
 from inference.errors import MixemError, NonFiniteError
 from inference.guides import as_schedule
@@ -186,7 +188,7 @@ def resume_fit(
     return result._replace(trace=trace, n_iter=result.n_iter + t)
 
 
-def run_settings(args: Any, x: Tensor) -> dict[str, Any]:
+def run_settings(args: Any, x: Any) -> dict[str, Any]:
     """What a checkpoint must share with the run that resumes it."""
     return {
         "model": args.model,
@@ -208,8 +210,23 @@ def write_non_finite(out: Path, err: NonFiniteError, settings: dict[str, Any]) -
     write_json(out / "summary.json", {**summary, "error": str(err)})
 
 
+def _any_worker(flag: SignalFlag, reducer: Reducer) -> Callable[[], bool]:
+    """Stop when any worker was signalled: every worker must leave the loop at the same
+    iteration, or the others would wait forever in their next all-reduce."""
+    if reducer.world_size == 1:
+        return flag.is_set
+    return lambda: bool(reducer.sum(torch.tensor([int(flag.is_set())]))[0] > 0)
+
+
 def cli_fit(
-    args: Any, x: Tensor, model: Any, guide: Any, flag: SignalFlag, callback: Callable[..., Any]
+    args: Any,
+    x: Tensor,
+    model: Any,
+    guide: Any,
+    flag: SignalFlag,
+    callback: Callable[..., Any],
+    reducer: Reducer = LOCAL,
+    data: Any = None,
 ) -> FitResult:
     """``mixem fit``'s loop: resumed from ``args.resume`` when given, stopped by ``flag``.
 
@@ -217,6 +234,8 @@ def cli_fit(
         args: the parsed options (model, guide, k, max_iter, tol, chunk_size, resume, out).
         x: (N, D) data; model: built for it (its params are replaced by the checkpoint's).
         flag: set by ``deferred_signals``. callback: gets each new record.
+        reducer: combines the workers of a distributed fit (each holds a shard of ``x``).
+        data: shape and dtype of the whole data when ``x`` is a shard (default: ``x``).
     Raises:
         NonFiniteError: after writing the trace so far to ``args.out``.
     """
@@ -232,14 +251,16 @@ def cli_fit(
         "tol": args.tol,
         "chunk_size": args.chunk_size,
         "callback": on_record,
-        "should_stop": flag.is_set,
+        "should_stop": _any_worker(flag, reducer),
+        "reducer": reducer,
     }
     try:
         if args.resume is None:
             return fit(model, x, guide, max_iter=args.max_iter, **options)
-        checkpoint = load_checkpoint(args.resume, run_settings(args, x))
+        checkpoint = load_checkpoint(args.resume, run_settings(args, x if data is None else data))
         init_from_file(model, str(checkpoint.params))
         return resume_fit(model, x, guide, checkpoint, max_iter=args.max_iter, **options)
     except NonFiniteError as err:
-        write_non_finite(args.out, err, run_settings(args, x))
+        if reducer.rank == 0:
+            write_non_finite(args.out, err, run_settings(args, x if data is None else data))
         raise

@@ -8,8 +8,14 @@ from torch import Tensor
 from inference.errors import MixemError
 
 
-def check_data(x: Tensor, k: int) -> None:
-    """Reject what no mixture fit can use; ``x`` must be (N, D) floating point and finite."""
+def check_data(x: Tensor, k: int, n_total: int | None = None, first_row: int = 0) -> None:
+    """Reject what no mixture fit can use; ``x`` must be (N, D) floating point and finite.
+
+    Args:
+        x: (N, D) data, or one chunk / shard of it.
+        k: number of components, checked against ``n_total`` (default N).
+        first_row: index of ``x``'s first row in the whole data, for messages.
+    """
     if not isinstance(x, Tensor):
         raise MixemError(f"data must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
@@ -26,13 +32,13 @@ def check_data(x: Tensor, k: int) -> None:
         raise MixemError(f"data must be floating point, got {x.dtype}; convert it with .double()")
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
-        row = int(bad.any(1).nonzero()[0])
+        row = first_row + int(bad.any(1).nonzero()[0])
         kind = "NaN" if bool(torch.isnan(x).any()) else "inf"
         raise MixemError(
             f"data contains {kind} values ({int(bad.sum())} entries, first in row {row}); "
             "remove or impute them first"
         )
-    check_k(k, n)
+    check_k(k, n if n_total is None else n_total)
 
 
 def check_k(k: int, n: int) -> None:
