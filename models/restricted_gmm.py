@@ -40,6 +40,9 @@ class RestrictedGMM(PyroModule):
             raise ValueError(f"locs must have shape (K, D), got {tuple(locs.shape)}")
         self.locs = PyroParam(locs.detach().clone())  # type: ignore[assignment]
         self.fast = fast
+        # fixed for the model's life (not a parameter): statistics summed at different times or
+        # on different workers stay additive
+        self.register_buffer("origin", locs.detach().mean(0).clone())
 
     @classmethod
     def from_centres(cls, centres: Tensor, x: Tensor, fast: bool = True) -> RestrictedGMM:
@@ -62,14 +65,16 @@ class RestrictedGMM(PyroModule):
                 pyro.sample("x", dist.Normal(locs[z], 1.0).to_event(1), obs=x)
 
     def reference(self) -> Tensor:
-        """(D,) the mean of the locs: the statistics are sums of ``x - reference``."""
-        return self.locs.detach().mean(0)
+        """(D,) the point the statistics are taken from: the initial locs' mean, fixed."""
+        origin: Tensor = self.origin
+        return origin
 
     def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:
-        """Sums over points for the M-step, valid until the next ``m_step``.
+        """Sums over points for the M-step, additive across chunks, workers and M-steps.
 
-        The data are summed relative to ``reference()``: float32 sums of raw coordinates far
-        from the origin (1e8, say) round away the spread of a cluster, sums of offsets do not.
+        The data are summed relative to ``reference()`` (a fixed point near the data): float32
+        sums of raw coordinates far from the origin (1e8, say) round away the spread of a
+        cluster, sums of offsets do not.
 
         Args:
             x: (N, D) data.

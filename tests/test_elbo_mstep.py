@@ -129,6 +129,6 @@ def test_relocation_moves_statistics_without_losing_points():
     stats = sufficient_statistics(model, x, est.q)
     fixed, n = relocate_empty_components(model, stats, x, est.q, est.point_fit)
     assert n == 1 and float(fixed["counts"].sum()) == 30 and bool((fixed["counts"] > 0).all())
-    # the model sums offsets from its reference point (the mean of its locs)
+    # the model sums offsets from its fixed reference point (its initial locs' mean)
     total = fixed["sum_dx"].sum(0) + fixed["counts"].sum() * model.reference()
     torch.testing.assert_close(total, x.sum(0))

@@ -189,3 +189,19 @@ def test_chunking_changes_the_table_by_rounding_at_most(d):
         chunked = log_joint(model, x, chunk_size)
         torch.testing.assert_close(chunked, whole, rtol=1e-13, atol=1e-12)
         assert torch.equal(chunked.argmax(1), whole.argmax(1))
+
+
+def test_statistics_stay_additive_after_the_locs_move():
+    # stepwise and distributed EM add statistics taken under different parameters
+    x = blobs(400, 3, 2, seed=11)
+    model = RestrictedGMM(x[:3].clone() + 1.0)
+    first, second = x[:200], x[200:]
+    q_a = e_step(model, Delta(), first).q
+    stats_a = model.sufficient_statistics(first, q_a)
+    model.m_step(stats_a)  # the locs move; the reference must not
+    q_b = e_step(model, Delta(), second).q
+    stats_b = model.sufficient_statistics(second, q_b)
+    model.m_step({k: stats_a[k] + stats_b[k] for k in stats_a})
+    labels = torch.cat([q_a.labels(), q_b.labels()])
+    expected = torch.stack([x[labels == c].mean(0) for c in range(3)])
+    torch.testing.assert_close(model.locs.detach(), expected)
