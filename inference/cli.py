@@ -26,7 +26,7 @@ from inference.init import kmeans_plusplus, random_points
 from inference.online import fit_minibatch
 from inference.outputs import write_json, write_npy, write_npz, write_plot, write_text
 from inference.params import get_params
-from inference.runner import cli_fit, deferred_signals
+from inference.runner import cli_fit, deferred_signals, run_settings
 from inference.scale import (
     DataInfo,
     add_scale_options,
@@ -295,12 +295,7 @@ def write_fit_outputs(
     write_plot(out / "trace.png", lambda p: plot_traces({args.guide: result.trace}, p))
     summary = {
         "status": status,
-        "model": args.model,
-        "guide": args.guide,
-        "k": args.k,
-        "n": x.shape[0],
-        "d": x.shape[1],
-        "dtype": str(x.dtype).removeprefix("torch."),
+        **run_settings(args, x),  # what --resume checks against
         "n_iter": result.n_iter,
         "converged": result.converged,
         "stop_reason": result.stop_reason,

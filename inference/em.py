@@ -11,6 +11,7 @@ the last record and the returned model agree.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -232,7 +233,10 @@ def fit(
     if max_iter < 0 or tol < 0:
         raise MixemError(f"max_iter and tol must be >= 0, got max_iter={max_iter}, tol={tol}")
     do_m_step = choose_m_step(model, m_step, chunk_size, reducer)
-    shift_tol = tol * mean_feature_variance(x, n_total, chunk_size, reducer)
+    # two passes over the data, so only once a hard family first asks (never for soft ones)
+    shift_tol = functools.cache(
+        lambda: tol * mean_feature_variance(x, n_total, chunk_size, reducer)
+    )
     started = time.perf_counter()
     est = e_step(model, family_at(0), x, chunk_size, reducer)
     trace: list[TraceRecord] = []
@@ -262,7 +266,7 @@ def fit(
         if family != family_at(n_iter - 1):
             continue  # a schedule is still moving: this E-step's q is not the last one's kind
         # scikit-learn's order: the shift of this M-step is judged before the labels it yields
-        if family.hard and shift <= shift_tol:
+        if family.hard and shift <= shift_tol():
             reason = "parameter shift below tol"
         elif family.hard and n_changed == 0 and (n_relocated == 0 or est.elbo <= previous.elbo):
             # a refill that moved no label and raised no ELBO only shuffles duplicate points
