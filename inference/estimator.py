@@ -10,6 +10,7 @@ bad input raises ``MixemError``, a ``ValueError``, with scikit-learn's message w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -209,10 +210,13 @@ class MixtureEM(ClusterMixin, BaseEstimator):
 
     # -- prediction -------------------------------------------------------------------------
 
-    def _tables(self, X: Any) -> tuple[Tensor, list[Tensor]]:
+    def _per_row(self, X: Any, reduce: Callable[[Tensor], Tensor]) -> np.ndarray:
+        """``reduce`` applied to each chunk's (n, K) log-joint table as it comes, concatenated:
+        only one chunk's table is alive at a time."""
         check_is_fitted(self)
         x = self._validate(X, reset=False)
-        return x, [table for _, table in iter_log_joint(self.model_, x, int(self.chunk_size))]
+        chunks = iter_log_joint(self.model_, x, int(self.chunk_size))
+        return torch.cat([reduce(table) for _, table in chunks]).cpu().numpy()
 
     def predict(self, X: Any) -> np.ndarray:
         """(N,) int64: the label the fitted guide family gives each row of ``X`` (N, D) (for
@@ -225,13 +229,11 @@ class MixtureEM(ClusterMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """(N, K) exact posterior p(z = c | x, theta) under the fitted model, as
         ``GaussianMixture.predict_proba`` (a Delta guide's own q would be one-hot)."""
-        _, tables = self._tables(X)
-        return torch.cat([t.softmax(dim=1) for t in tables]).cpu().numpy()
+        return self._per_row(X, lambda table: table.softmax(dim=1))
 
     def score_samples(self, X: Any) -> np.ndarray:
         """(N,) log p(x_i | theta): the log evidence of each row of ``X`` (N, D)."""
-        _, tables = self._tables(X)
-        return torch.cat([t.logsumexp(dim=1) for t in tables]).cpu().numpy()
+        return self._per_row(X, lambda table: table.logsumexp(dim=1))
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log evidence per row of ``X`` (as ``GaussianMixture.score``); ``y`` is ignored."""
