@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import pyro
 import torch
+from tqdm import tqdm
 
 from inference.data import make_blobs
 from inference.em import fit
@@ -41,7 +43,9 @@ def main() -> None:
     ratios: dict[float, list[float]] = {p: [] for p in passes}
     seconds: dict[float, list[float]] = {p: [] for p in passes}
     full_passes, full_seconds = [], []
-    for seed in range(args.seeds):
+    for seed in tqdm(
+        range(args.seeds), desc="seeds", file=sys.stderr, disable=not sys.stderr.isatty()
+    ):
         x = torch.from_numpy(make_blobs(args.n, args.k, args.d, spread=2.0, seed=seed))
         init = kmeans_plusplus(x, args.k, torch.Generator().manual_seed(seed))
         started = time.perf_counter()

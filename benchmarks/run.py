@@ -16,6 +16,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -59,6 +60,13 @@ def verdict(value: float, target: float) -> str:
     return "yes" if value <= target else "**no**"
 
 
+def progress(items: list, desc: str) -> Any:
+    """A progress bar on stderr when it is a terminal (tables go to stdout either way)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty())
+
+
 def speed_rows(sizes: list[tuple[int, int, int]], args: argparse.Namespace) -> list[str]:
     iters, reps = (6, 5) if args.quick else (8, 5)
     rows = [
@@ -67,7 +75,7 @@ def speed_rows(sizes: list[tuple[int, int, int]], args: argparse.Namespace) -> l
         "| soft/hard iter (<= 2) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for n, d, k in sizes:
+    for n, d, k in progress(sizes, desc="sizes"):
         x = cases.blobs(n, d, k, seed=0, device=args.device)
         init = cases.initial_centres(x, k, seed=1)
         ours, _ = cases.mixem_iteration(x, init, iters, args.chunk_size)
