@@ -56,26 +56,27 @@ class TorchDistributedReducer:
         self._dist = dist
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        # nccl reduces CUDA tensors only, gloo CPU ones; callers may pass either
+        nccl = dist.get_backend() == "nccl"
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        )
 
     def sum(self, value: Tensor) -> Tensor:
-        out = value.clone()
+        out = value.to(self.device, copy=True)
         self._dist.all_reduce(out)
-        return out
+        return out.to(value.device)
 
     def gather(self, value: Tensor) -> Tensor:
         # shards may differ in length: exchange lengths, pad to the longest, trim after
-        sizes = [
-            torch.zeros(1, dtype=torch.int64, device=value.device) for _ in range(self.world_size)
-        ]
-        self._dist.all_gather(sizes, torch.tensor([value.shape[0]], device=value.device))
+        device = self.device
+        sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(self.world_size)]
+        self._dist.all_gather(sizes, torch.tensor([value.shape[0]], device=device))
         longest = int(max(int(s) for s in sizes))
-        padded = value.new_zeros(longest, *value.shape[1:])
-        padded[: value.shape[0]] = value
+        padded = value.new_zeros(longest, *value.shape[1:], device=device)
+        padded[: value.shape[0]] = value.to(device)
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         self._dist.all_gather(parts, padded)
-        return torch.cat([p[: int(s)] for p, s in zip(parts, sizes, strict=True)])
+        gathered = torch.cat([p[: int(s)] for p, s in zip(parts, sizes, strict=True)])
+        return gathered.to(value.device)
 
-
-def total(reducer: Reducer, value: float, like: Tensor) -> float:
-    """A Python float summed over workers, carried in ``like``'s dtype and device."""
-    return float(reducer.sum(torch.tensor([value], dtype=like.dtype, device=like.device))[0])

@@ -76,7 +76,7 @@ def fit_minibatch(
         raise MixemError(
             f"mini-batch EM needs a closed-form M-step; {type(model).__name__} has none"
         )
-    if batch_size < 1 or not n_passes > 0 or not 0.5 < kappa <= 1 or t0 < 1:
+    if batch_size < 1 or not 0 < n_passes < math.inf or not 0.5 < kappa <= 1 or t0 < 1:
         raise MixemError(
             "need batch_size >= 1, n_passes > 0, 0.5 < kappa <= 1 and t0 >= 1; got "
             f"batch_size={batch_size}, n_passes={n_passes}, kappa={kappa}, t0={t0}"

@@ -125,6 +125,12 @@ def load_checkpoint(directory: Path, expected: dict[str, Any]) -> Checkpoint:
         )
     if not trace or not (directory / "params.npz").is_file():
         raise MixemError(f"--resume {directory}: the trace or params.npz is missing")
+    if summary.get("n_iter") != trace[-1].iteration:
+        # summary.json is written last: a trace ahead of it means the saving was cut short
+        raise MixemError(
+            f"--resume {directory}: the trace ends at iteration {trace[-1].iteration} but the "
+            f"summary at {summary.get('n_iter')}; the checkpoint was not completely written"
+        )
     for key, value in expected.items():
         if summary.get(key) != value:
             raise MixemError(
@@ -189,7 +195,12 @@ def resume_fit(
 
 
 def run_settings(args: Any, x: Any) -> dict[str, Any]:
-    """What a checkpoint must share with the run that resumes it."""
+    """What a checkpoint must share with the run that resumes it (model options included:
+    resuming with another --reg-covar would silently fit a hybrid)."""
+    from inference.model_init import model_options
+    from models import MODELS
+
+    options = model_options(MODELS[args.model], args) if args.model in MODELS else {}
     return {
         "model": args.model,
         "guide": args.guide,
@@ -197,6 +208,7 @@ def run_settings(args: Any, x: Any) -> dict[str, Any]:
         "n": x.shape[0],
         "d": x.shape[1],
         "dtype": str(x.dtype).removeprefix("torch."),
+        "model_options": options,
     }
 
 

@@ -69,12 +69,16 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
 def check_scale_options(args: argparse.Namespace) -> None:
     """Reject combinations that cannot work, before any data is read."""
     if args.batch_size is not None:
-        if args.batch_size < 1 or not args.passes > 0:
-            raise MixemError("--batch-size must be >= 1 and --passes > 0")
+        if args.batch_size < 1 or not 0 < args.passes < float("inf"):
+            raise MixemError("--batch-size must be >= 1 and --passes a finite number > 0")
         if args.stream or args.distributed or getattr(args, "resume", None) is not None:
             raise MixemError("--batch-size runs in memory: drop --stream, --distributed, --resume")
         if getattr(args, "anneal", None):
             raise MixemError("--batch-size takes one guide family; drop --anneal")
+    if args.distributed and getattr(args, "guide", "").startswith("sampled"):
+        # every worker would draw from the same seeded stream: valid stochastic EM, but not the
+        # single-process fit that --distributed promises
+        raise MixemError("--guide sampled is not supported with --distributed; use one process")
     if args.stream and not args.data.endswith(".npy"):
         raise MixemError(f"--stream reads .npy files only, got {args.data!r}")
     try:

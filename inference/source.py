@@ -87,6 +87,8 @@ class NpySource:
             count=count * self.d,
             offset=self.offset + (self.start + first) * self.d * itemsize,
         ).reshape(count, self.d)
+        if not block.dtype.isnative:  # torch takes native byte order only (np.load converts too)
+            block = block.astype(block.dtype.newbyteorder("="))
         return torch.from_numpy(block).to(device=self.device, dtype=self.dtype)
 
     def shard(self, rank: int, world_size: int) -> NpySource:

@@ -8,10 +8,12 @@ diag (K, D), spherical (K,), tied (D, D). As in scikit-learn, ``reg_covar`` is a
 diagonal of every covariance the M-step computes, so a component on a flat piece of data stays
 non-singular; with ``reg_covar=0`` a singular covariance is an error, never a NaN.
 
-The closed-form M-step uses statistics about a per-component shift (the current means): the
-weighted sums of (x - shift_c) and of its outer products. The scatter about the new mean is then
-S2 - S1 S1^T / n, which keeps full precision because the shift is already close to the mean
-(E[x x^T] - mu mu^T would cancel catastrophically for data far from the origin).
+The closed-form M-step uses statistics about a per-component shift (the starting means, kept
+fixed in the buffer ``shift``): the weighted sums of (x - shift_c) and of its outer products.
+The scatter about the new mean is then S2 - S1 S1^T / n, which keeps its precision because the
+shift lies among the data (E[x x^T] - mu mu^T would cancel catastrophically for data far from
+the origin). The shift is fixed, not the current means, so statistics taken under different
+parameters still add up (stepwise mini-batch EM averages them across M-steps).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class GMM(PyroModule):
         _check_covariances(covariances.detach(), matrix)
         init_weights(self, weights, locs, learn_weights)
         self.locs = PyroParam(locs.detach().clone())  # type: ignore[assignment]
+        self.register_buffer("shift", locs.detach().clone())
         constraint = constraints.positive_definite if matrix else constraints.positive
         self.covariances = PyroParam(  # type: ignore[assignment]
             covariances.detach().clone(), constraint=constraint
@@ -129,7 +132,7 @@ class GMM(PyroModule):
             pyro.sample("x", self.component(z), obs=x)
 
     def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:
-        """Weighted sums about the current means (the shift), additive over points.
+        """Weighted sums about the fixed per-component ``shift``, additive over points.
 
         Args:
             x: (N, D) data.
@@ -141,7 +144,7 @@ class GMM(PyroModule):
         """
         K = self.n_components
         weights = q.dense(K)
-        shift = self.locs.detach()
+        shift: Tensor = self.shift
         sum_dx, sum_dxdx = [], []
         for c in range(K):  # one pass per component: O(K N D^2), as scikit-learn
             diff = x - shift[c]
@@ -158,14 +161,14 @@ class GMM(PyroModule):
     def m_step(self, stats: dict[str, Tensor]) -> None:
         """Weighted means, covariances (+ reg_covar) and weights from ``sufficient_statistics``.
 
-        The statistics are about the current means, so this must follow them with the model
-        unchanged, as in every EM step. A component with no weight keeps its mean and covariance.
+        A component with no weight keeps its mean and covariance.
         """
         counts = stats["counts"]
         n = safe_counts(counts)
-        shift, old_cov = self.locs.detach(), self.covariances.detach()
+        shift: Tensor = self.shift
+        old_locs, old_cov = self.locs.detach(), self.covariances.detach()
         delta = stats["sum_dx"] / n[:, None]
-        locs = keep_where_empty(shift + delta, shift, counts)
+        locs = keep_where_empty(shift + delta, old_locs, counts)
         if self.covariance_type in ("full", "tied"):
             scatter = stats["sum_dxdx"] - n[:, None, None] * delta[:, :, None] * delta[:, None, :]
             scatter = (scatter + scatter.mT) / 2  # exactly symmetric, as Cholesky expects

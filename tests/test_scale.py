@@ -196,6 +196,8 @@ def test_streamed_fit_peak_memory_stays_far_below_the_file(tmp_path, stream):
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--distributed"], "must run under torchrun"),
         (["--device", "nonsense"], "unknown --device"),
+        (["--batch-size", "10", "--passes", "inf"], "finite number > 0"),
+        (["--distributed", "--guide", "sampled"], "not supported with --distributed"),
     ],
 )
 def test_bad_scale_options_are_one_line_errors(tmp_path, capsys, extra, message):
@@ -226,3 +228,43 @@ def test_cuda_fit_equals_cpu_fit():
     torch.testing.assert_close(
         gpu.model.locs.detach().cpu(), cpu.model.locs.detach(), atol=1e-6, rtol=0
     )
+
+
+def _completed_fit(tmp_path, capsys, *extra):
+    args = ["fit", "--model", "gmm", "--k", "2", "--data", "builtin:iris", "--quiet", *extra]
+    assert main([*args, "--out", str(tmp_path / "o"), "--max-iter", "2"]) == 0
+    capsys.readouterr()
+    return args
+
+
+def _mark_interrupted(directory, **changes):
+    summary = json.loads((directory / "summary.json").read_text())
+    summary.update(status="interrupted", **changes)
+    (directory / "summary.json").write_text(json.dumps(summary))
+
+
+def test_resume_refuses_other_model_options(tmp_path, capsys):
+    args = _completed_fit(tmp_path, capsys, "--reg-covar", "1e-6")
+    _mark_interrupted(tmp_path / "o")
+    code = main(
+        [
+            *args[:-2],
+            "--reg-covar",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+            "--resume",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "model_options" in err and err.count("\n") == 1
+
+
+def test_resume_refuses_a_checkpoint_whose_summary_lags_its_trace(tmp_path, capsys):
+    # summary.json is written last: a trace ahead of it is a save cut short by a second signal
+    args = _completed_fit(tmp_path, capsys)
+    _mark_interrupted(tmp_path / "o", n_iter=1)
+    code = main([*args, "--out", str(tmp_path / "o"), "--resume", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "not completely written" in err
