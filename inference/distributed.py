@@ -79,4 +79,3 @@ class TorchDistributedReducer:
         self._dist.all_gather(parts, padded)
         gathered = torch.cat([p[: int(s)] for p, s in zip(parts, sizes, strict=True)])
         return gathered.to(value.device)
-
