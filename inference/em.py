@@ -129,8 +129,17 @@ def check_rows(model: Any, x: Tensor, chunk_size: int, reducer: Reducer = LOCAL)
         chunk = x[start : start + chunk_size]
         if not isinstance(x, Tensor):
             check_data(chunk, 1, first_row=start)
-        if validate is not None:  # per-family checks (binary, counts, unit vectors ...)
+        if validate is None:  # per-family checks (binary, counts, unit vectors ...)
+            continue
+        try:
             validate(chunk)
+        except MixemError as err:
+            if isinstance(x, Tensor) and x.shape[0] <= chunk_size:
+                raise  # one chunk: the model's row numbers are the data's
+            stop = start + chunk.shape[0] - 1
+            raise MixemError(
+                f"{err} (counting rows from {start}: data rows {start}-{stop})"
+            ) from err
     check_k(int(model.n_components), n_total)
     return n_total
 

@@ -268,3 +268,22 @@ def test_resume_refuses_a_checkpoint_whose_summary_lags_its_trace(tmp_path, caps
     code = main([*args, "--out", str(tmp_path / "o"), "--resume", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "not completely written" in err
+
+
+def test_streamed_model_checks_say_which_rows(tmp_path, capsys):
+    x = np.ones((500, 2))
+    x[430, 1] = -3  # a negative count, in the fifth chunk of 100 rows
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "init.npy", x[:2] + 1)
+    args = ["fit", "--model", "poisson", "--k", "2", "--data", str(tmp_path / "x.npy"), "--stream"]
+    args += [
+        "--init",
+        str(tmp_path / "init.npy"),
+        "--chunk-size",
+        "100",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "first at row 30" in err and "counting rows from 400" in err and err.count("\n") == 1
