@@ -82,15 +82,19 @@ def load_array(spec: str) -> np.ndarray:
     )
 
 
-def to_tensor(array: np.ndarray, dtype: str | None = None) -> Tensor:
-    """Floating-point tensor: float32/float64 kept, other numbers to float64 (as scikit-learn),
-    or ``dtype`` ("float32" / "float64") when given."""
-    if array.dtype.kind not in "biuf":
-        raise MixemError(f"data must be numeric, got dtype {array.dtype}")
+def compute_dtype(stored: np.dtype, dtype: str | None = None) -> np.dtype:
+    """The dtype a fit computes in: ``dtype`` ("float32" / "float64") when given, else the
+    stored float32/float64, and float64 for any other numbers (as scikit-learn)."""
+    if stored.kind not in "biuf":
+        raise MixemError(f"data must be numeric, got dtype {stored}")
     if dtype is not None:
         if dtype not in ("float32", "float64"):
             raise MixemError(f"unknown dtype {dtype!r}; choose float32 or float64")
-        target = np.dtype(dtype)
-    else:
-        target = array.dtype if array.dtype in (np.float32, np.float64) else np.dtype("float64")
+        return np.dtype(dtype)
+    return stored if stored in (np.float32, np.float64) else np.dtype("float64")
+
+
+def to_tensor(array: np.ndarray, dtype: str | None = None) -> Tensor:
+    """``array`` as a tensor in ``compute_dtype(array.dtype, dtype)``."""
+    target = compute_dtype(array.dtype, dtype)
     return torch.from_numpy(np.ascontiguousarray(array, dtype=target))

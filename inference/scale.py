@@ -106,16 +106,10 @@ def start_workers(args: argparse.Namespace) -> Reducer:
 
 
 def stop_workers(reducer: Reducer) -> None:
-    if reducer.world_size > 1 or isinstance(reducer, TorchDistributedReducer):
+    if isinstance(reducer, TorchDistributedReducer):
         import torch.distributed as dist
 
         dist.destroy_process_group()
-
-
-def _dtype(args: argparse.Namespace, file_dtype: Any) -> torch.dtype:
-    if args.dtype is not None:
-        return getattr(torch, args.dtype)
-    return torch.float32 if str(file_dtype) == "float32" else torch.float64
 
 
 def load_rows(args: argparse.Namespace, reducer: Reducer) -> tuple[Any, Tensor, DataInfo]:
@@ -128,8 +122,7 @@ def load_rows(args: argparse.Namespace, reducer: Reducer) -> tuple[Any, Tensor, 
     if args.stream or (args.distributed and args.data.endswith(".npy")):
         if not os.path.isfile(args.data):
             raise MixemError(f"data file not found: {args.data}")
-        probe = NpySource(args.data)
-        source = NpySource(args.data, _dtype(args, probe.file_dtype), device=device)
+        source = NpySource(args.data, args.dtype, device=device)
         rows = source.shard(reducer.rank, reducer.world_size)
         check_k(args.k, len(source))
         init_rows = source[0 : args.chunk_size] if init_from_file else source[0 : len(source)]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from inference.data import compute_dtype
 from inference.errors import MixemError
 
 
@@ -34,7 +35,8 @@ class NpySource:
 
     Args:
         path: a C-ordered 2-D numeric ``.npy`` file.
-        dtype: torch dtype of the served chunks (float32 / float64).
+        dtype: "float32" / "float64" for the served chunks; by default the file's float dtype,
+            float64 for other numbers (``inference.data.compute_dtype``, as in memory).
         start, stop: the row range this source covers (a worker's shard); all rows by default.
         device: where the chunks are put.
     """
@@ -42,7 +44,7 @@ class NpySource:
     def __init__(
         self,
         path: str | Path,
-        dtype: torch.dtype = torch.float64,
+        dtype: str | None = None,
         start: int = 0,
         stop: int | None = None,
         device: torch.device | str = "cpu",
@@ -55,14 +57,16 @@ class NpySource:
             raise MixemError(
                 f"{path}: Fortran-ordered arrays cannot be streamed; save with C order"
             )
-        if self.file_dtype.kind not in "biuf":
-            raise MixemError(f"{path}: data must be numeric, got dtype {self.file_dtype}")
+        try:
+            self.dtype: torch.dtype = getattr(torch, compute_dtype(self.file_dtype, dtype).name)
+        except MixemError as err:
+            raise MixemError(f"{path}: {err}") from err
         self.total_rows, self.d = int(shape[0]), int(shape[1])
         stop = self.total_rows if stop is None else stop
         if not 0 <= start <= stop <= self.total_rows:
             raise MixemError(f"rows {start}:{stop} are outside the file's {self.total_rows} rows")
         self.start, self.stop = start, stop
-        self.dtype, self.device = dtype, torch.device(device)
+        self.device = torch.device(device)
 
     @property
     def shape(self) -> torch.Size:
@@ -95,7 +99,11 @@ class NpySource:
         """The contiguous block of rows that worker ``rank`` of ``world_size`` owns."""
         bounds = shard_bounds(len(self), rank, world_size)
         return NpySource(
-            self.path, self.dtype, self.start + bounds[0], self.start + bounds[1], self.device
+            self.path,
+            str(self.dtype).removeprefix("torch."),
+            self.start + bounds[0],
+            self.start + bounds[1],
+            self.device,
         )
 
 

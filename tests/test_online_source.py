@@ -21,7 +21,8 @@ from models import RestrictedGMM
 def test_source_reads_the_same_rows_as_the_array(tmp_path):
     x = np.arange(60, dtype=np.float32).reshape(20, 3)
     np.save(tmp_path / "x.npy", x)
-    source = NpySource(tmp_path / "x.npy", torch.float64)
+    assert NpySource(tmp_path / "x.npy").dtype == torch.float32  # the file's float dtype, kept
+    source = NpySource(tmp_path / "x.npy", "float64")
     assert source.shape == (20, 3) and len(source) == 20
     torch.testing.assert_close(source[3:11], torch.from_numpy(x[3:11]).double())
     torch.testing.assert_close(source[18:99], torch.from_numpy(x[18:]).double())
