@@ -16,20 +16,11 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from inference.errors import MixemError
 from inference.estimator import MixtureEM
-from inference.guides import Delta, parse_guide
-
-
-def _guide_exists(spec: str) -> bool:
-    try:
-        parse_guide(spec, 8)
-    except MixemError:
-        return False
-    return True
-
+from inference.guides import Delta
 
 # The checks for K-means (delta), soft EM (categorical; tempered takes the same path, so it is left
-# out for time) and a truncated family (topk), as far as they exist.
-GUIDES = [g for g in ("delta", "categorical", "topk:2") if _guide_exists(g)]
+# out for time) and a truncated family (topk).
+GUIDES = ["delta", "categorical", "topk:2"]
 
 # Per estimator, the checks that cannot pass and why (scikit-learn >= 1.6 reads this mapping and
 # marks them xfail). The Delta guide (K-means) passes every check.
