@@ -22,12 +22,18 @@ from torch import Tensor
 
 from inference.enumerate import enumerate_assignment_only, isolated_params
 from inference.guides import is_exact_for_trace_elbo, pyro_guide
-from inference.reductions import logsumexp_rows
+from inference.reductions import logsumexp_rows, remembered_summary
 from inference.responsibilities import Responsibilities
 
 
 def expected_log_joint_per_point(log_joint: Tensor, q: Responsibilities) -> Tensor:
     """(n,) E_q[log p(x_i, z_i)] for a chunk; ``log_joint`` is (n, K)."""
+    if q.indices is not None and q.indices.shape[1] == 1:
+        # one-hot q (weights are 1): the picked entries, and when q sits at the row maxima
+        # just summarised (a Delta E-step) those are the maxima: no gather over the table
+        known = remembered_summary(log_joint)
+        if known is not None and torch.equal(q.indices[:, 0], known.arg):
+            return known.top.clone()
     picked = log_joint if q.indices is None else log_joint.gather(1, q.indices)
     # 0 * (-inf) must count as 0: a component q gives no weight to contributes nothing
     return torch.where(q.weights > 0, q.weights * picked, 0.0).sum(1)
@@ -35,6 +41,8 @@ def expected_log_joint_per_point(log_joint: Tensor, q: Responsibilities) -> Tens
 
 def entropy_per_point(q: Responsibilities) -> Tensor:
     """(n,) H(q_i) = -sum_c q_ic log q_ic, with 0 log 0 = 0."""
+    if q.weights.shape[1] == 1:  # one state per point, of probability 1
+        return q.weights.new_zeros(q.weights.shape[0])
     return -torch.special.xlogy(q.weights, q.weights).sum(1)
 
 

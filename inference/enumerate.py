@@ -15,6 +15,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
@@ -74,7 +75,6 @@ def _chunk_table(model: Model, x: Tensor) -> Tensor:
     K = values.shape[0]
     if not torch.equal(values, torch.arange(K, device=values.device)):
         raise MixemError(f"site {ASSIGNMENT_SITE!r} must take the values 0..K-1")
-    trace.compute_log_prob()
     return _sum_site_tables(trace, K, x.shape[0]).T
 
 
@@ -99,7 +99,7 @@ def _sum_site_tables(trace: Any, K: int, n: int) -> Tensor:
             )
         if name != ASSIGNMENT_SITE and name in trace.stochastic_nodes:
             raise MixemError(f"latent site {name!r}: only {ASSIGNMENT_SITE!r} may be latent")
-        log_prob = site["log_prob"]
+        log_prob = _site_log_prob(site)
         # an expanded view (stride 0) is small in memory: it joins the broadcast terms
         is_full = log_prob.shape == (K, n) and 0 not in log_prob.stride()
         (full if is_full else small).append(log_prob if is_full else _compact(log_prob))
@@ -119,6 +119,13 @@ def _sum_site_tables(trace: Any, K: int, n: int) -> Tensor:
     for term in full[1:]:
         table.add_(term)
     return table
+
+
+def _site_log_prob(site: Any) -> Tensor:
+    """A site's log-density as ``Trace.compute_log_prob`` gives it (scaled and masked), without
+    the scalar sum Pyro also takes of each site: that is a pass over the whole table."""
+    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(log_prob, site["scale"], site["mask"])
 
 
 def _compact(term: Tensor) -> Tensor:

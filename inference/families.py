@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from inference.errors import MixemError
-from inference.reductions import max_rows
+from inference.reductions import max_rows, softmax_rows
 from inference.responsibilities import Responsibilities
 
 
@@ -65,7 +65,7 @@ class Categorical:
 
     def e_step(self, log_joint: Tensor) -> Responsibilities:
         """Dense q: ``log_joint`` (n, K) -> weights (n, K)."""
-        return Responsibilities(torch.softmax(log_joint, dim=1), None)
+        return Responsibilities(softmax_rows(log_joint), None)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Tempered:
         # shift first: the largest entry becomes 0, so even a T that sends the rest to -inf
         # leaves a well-defined one-hot row instead of softmax(-inf, ..., -inf) = NaN
         shifted = log_joint - log_joint.amax(dim=1, keepdim=True)
-        return Responsibilities(torch.softmax(shifted / self.temperature, dim=1), None)
+        return Responsibilities(softmax_rows(shifted.div_(self.temperature)), None)
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ class Sampled:
         not depend on the device. With ``right=True`` a component of probability 0 is never
         chosen (its cumulative sum equals its predecessor's).
         """
-        cumulative = torch.cumsum(torch.softmax(log_joint, dim=1), dim=1)
+        cumulative = torch.cumsum(softmax_rows(log_joint), dim=1)
         uniforms = torch.rand(log_joint.shape[0], 1, generator=self.generator, dtype=torch.float64)
         targets = uniforms.to(log_joint) * cumulative[:, -1:]
         labels = torch.searchsorted(cumulative, targets, right=True)[:, 0]

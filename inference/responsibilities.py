@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from inference.reductions import max_rows
+
 
 class Responsibilities(NamedTuple):
     """q(z_i = c) for every point i, compact.
@@ -54,9 +56,9 @@ class Responsibilities(NamedTuple):
 
     def labels(self) -> Tensor:
         """(N,) int64: each point's most probable component (ties to the lowest column)."""
+        if self.indices is None:  # max_rows: argmax over a row is a scalar loop in torch
+            return max_rows(self.weights)[1]
         best = self.weights.argmax(dim=1, keepdim=True)
-        if self.indices is None:
-            return best[:, 0]
         return self.indices.gather(1, best)[:, 0]
 
     def dense(self, n_components: int) -> Tensor:

@@ -1,0 +1,325 @@
+"""A fused row reduction of E-step tables, compiled from C at first use; torch is the fallback.
+
+Every guide family starts from the same per-row quantities of the (n, K) table: the maximum,
+its first column and the logsumexp (and the softmax weights for soft families). In eager torch
+each is one or more passes over the table, ``exp`` runs at ~1 ns an entry and ``argmax`` over a
+short row is a scalar loop; together they cost several times the GEMM that made the table. The
+C loop below reads each row once while it sits in L1: a vectorised maximum, a scan for its first
+position, and a vectorised sum of a branch-free ``exp`` (Cephes' polynomial, ~1 ulp) of the
+entries clamped at -87, where float32's ``exp`` underflows anyway.
+
+It is built with the system C compiler into a per-user cache (``MIXEM_CACHE_DIR``, else
+``$XDG_CACHE_HOME/mixem``, else ``~/.cache/mixem``), keyed by a hash of the source, the flags and
+the CPU's feature list, and loaded with ctypes. Without a compiler, or with ``MIXEM_NATIVE=0``,
+``available()`` is False and ``inference.reductions`` uses torch for everything; both paths are
+tested to agree. Only contiguous float32 CPU tables go through C.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* exp(d) for d in [-87, 0]: 2^m * p(r), r = d - m ln2, |r| <= ln2 / 2 (Cephes expf). Written
+   without branches or calls so that the compiler vectorises the loops it sits in. */
+static inline float exp_clamped(float d) {
+    float m = (d * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = d - m * 0.693359375f;
+    r = r - m * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)m + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* A row whose maximum is not finite, or that holds a NaN: torch's answers, by a scalar loop. */
+static float summarise_odd_row(const float *row, int64_t K, float *top_out, int64_t *arg_out) {
+    float top = -INFINITY;
+    int64_t arg = 0;
+    for (int64_t j = 0; j < K; j++) {
+        if (row[j] != row[j]) { top = row[j]; arg = j; break; }  /* the first NaN wins */
+        if (row[j] > top) { top = row[j]; arg = j; }
+    }
+    *top_out = top;
+    *arg_out = arg;
+    return top;  /* -inf, +inf or NaN: also the row's logsumexp */
+}
+
+#ifdef __AVX2__
+#include <immintrin.h>
+
+/* exp_clamped on 8 lanes. */
+static inline __m256 exp8(__m256 d) {
+    __m256 m = _mm256_round_ps(_mm256_mul_ps(d, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(m, _mm256_set1_ps(0.693359375f), d);
+    r = _mm256_fnmadd_ps(m, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(m), _mm256_set1_epi32(127));
+    e = _mm256_slli_epi32(e, 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline float sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#endif
+
+#ifdef __AVX2__
+/* PACK[mask] moves the lanes set in mask to the front of a vector (AVX2 has no compress). */
+static int32_t PACK[256][8] __attribute__((aligned(32)));
+
+__attribute__((constructor)) static void fill_pack(void) {
+    for (int mask = 0; mask < 256; mask++) {
+        int used = 0;
+        for (int lane = 0; lane < 8; lane++)
+            if (mask >> lane & 1) PACK[mask][used++] = lane;
+        while (used < 8) PACK[mask][used++] = 0;
+    }
+}
+#endif
+
+/* sum_j exp(row[j] - top) over a row with finite maximum top. Entries more than `cutoff` below
+   the maximum are left out: together they add less than K exp(cutoff) = exp(-18), under half
+   an ulp of a sum that is >= 1. In a well-separated mixture that is most of the row, and exp
+   is the dearest part of the loop; with AVX2 the entries kept are packed (no branch per entry,
+   which would mispredict) and exponentiated 8 at a time. */
+static inline float sum_exp(const float *row, int64_t K, float top, float cutoff) {
+    float total = 0.0f;
+    int64_t j = 0;
+#ifdef __AVX2__
+    enum { SEGMENT = 256 };
+    float kept[SEGMENT + 8];
+    __m256 vtop = _mm256_set1_ps(top), vnear = _mm256_set1_ps(top + cutoff);
+    __m256 floor = _mm256_set1_ps(-87.0f), acc = _mm256_setzero_ps();
+    __m256 padding = _mm256_set1_ps(top - 1000.0f);  /* exp -> exp(-87) ~ 1e-38: nothing */
+    while (j + 8 <= K) {
+        int count = 0;
+        for (; j + 8 <= K && count <= SEGMENT - 8; j += 8) {
+            __m256 v = _mm256_loadu_ps(row + j);
+            int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, vnear, _CMP_GT_OQ));
+            __m256i order = _mm256_load_si256((const __m256i *)PACK[mask]);
+            _mm256_storeu_ps(kept + count, _mm256_permutevar8x32_ps(v, order));
+            count += __builtin_popcount(mask);
+        }
+        _mm256_storeu_ps(kept + count, padding);
+        for (int b = 0; b < count; b += 8) {
+            __m256 d = _mm256_sub_ps(_mm256_loadu_ps(kept + b), vtop);
+            acc = _mm256_add_ps(acc, exp8(_mm256_max_ps(d, floor)));
+        }
+    }
+    total = sum8(acc);
+#endif
+    for (; j < K; j++) {
+        float d = row[j] - top;
+        total += exp_clamped(d < -87.0f ? -87.0f : d);
+    }
+    return total;
+}
+
+/* Row i's maximum, its first column and log sum_j exp(row[j]), in vectorised passes over a
+   row in L1: the maximum; its first position (a min-reduction over the columns equal to it,
+   32-bit so AVX2 has the instruction); the sum of exponentials. */
+static inline float summarise_row(const float *row, int64_t K, float cutoff, float *top_out,
+                                  int64_t *arg_out) {
+    float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < K; j++) top = row[j] > top ? row[j] : top;
+    if (!(top > -INFINITY && top < INFINITY)) return summarise_odd_row(row, K, top_out, arg_out);
+    int32_t arg = (int32_t)K;
+#pragma omp simd reduction(min : arg)
+    for (int32_t j = 0; j < (int32_t)K; j++) {
+        int32_t here = row[j] == top ? j : (int32_t)K;
+        arg = here < arg ? here : arg;
+    }
+    if (arg == (int32_t)K) return summarise_odd_row(row, K, top_out, arg_out);  /* a NaN */
+    if (cutoff != cutoff) {  /* NaN: the caller wants no logsumexp */
+        *top_out = top;
+        *arg_out = arg;
+        return top;
+    }
+    float total = sum_exp(row, K, top, cutoff);
+    if (total != total) return summarise_odd_row(row, K, top_out, arg_out);
+    *top_out = top;
+    *arg_out = arg;
+    return top + logf(total);
+}
+
+static float skip_cutoff(int64_t K) { return -18.0f - logf((float)K); }
+
+/* lse may be NULL: maxima and first columns only. */
+void mixem_row_summary_f32(const float *table, int64_t n, int64_t K, int64_t ld,
+                           float *top, int64_t *arg, float *lse) {
+    float cutoff = lse ? skip_cutoff(K) : NAN;
+    for (int64_t i = 0; i < n; i++) {
+        float log_total = summarise_row(table + i * ld, K, cutoff, top + i, arg + i);
+        if (lse) lse[i] = log_total;
+    }
+}
+
+/* The same, and weights[i, j] = exp(row[j] - lse[i]) (0 below exp(-87) of the maximum). */
+void mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld,
+                       float *top, int64_t *arg, float *lse, float *weights) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = table + i * ld;
+        float *out = weights + i * K;
+        float log_total = summarise_row(row, K, skip_cutoff(K), top + i, arg + i);
+        lse[i] = log_total;
+        if (!(log_total > -INFINITY && log_total < INFINITY)) {  /* NaN, as torch.softmax */
+            for (int64_t j = 0; j < K; j++) out[j] = NAN;
+            continue;
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < K; j++) {
+            float d = row[j] - log_total;
+            out[j] = d < -87.0f ? 0.0f : exp_clamped(d > 0.0f ? 0.0f : d);
+        }
+    }
+}
+"""
+
+FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature list (x86 ``flags`` / arm ``Features``), part of the cache key."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("MIXEM_CACHE_DIR"):
+        return Path(os.environ["MIXEM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mixem"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def _build(compiler: str) -> Path:
+    """Compile SOURCE into the cache (atomically: concurrent first uses each rename a whole
+    file into place) and return the library's path."""
+    flags = [*FLAGS, "-march=native"] if platform.machine() in ("x86_64", "AMD64") else FLAGS
+    key = hashlib.sha256("\n".join([SOURCE, compiler, *flags, _cpu_flags()]).encode())
+    target = _cache_dir() / f"rowreduce-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        source = Path(work) / "rowreduce.c"
+        source.write_text(SOURCE)
+        built = Path(work) / "rowreduce.so"
+        subprocess.run(
+            [compiler, *flags, str(source), "-o", str(built), "-lm"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        os.replace(built, target)
+    return target
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (disabled, no compiler, or the build failed)."""
+    if os.environ.get("MIXEM_NATIVE", "1") == "0":
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sizes: list[Any] = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    lib.mixem_row_summary_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
+    lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 4]
+    return lib
+
+
+def available() -> bool:
+    """True when the compiled kernels are loaded (``MIXEM_NATIVE=0`` turns them off)."""
+    return _library() is not None
+
+
+def handles(table: Tensor) -> bool:
+    """True when ``table`` can go through the C kernels: a float32 CPU (n, K) tensor whose rows
+    are contiguous, and the kernels are available."""
+    return (
+        table.dtype == torch.float32
+        and table.device.type == "cpu"
+        and table.dim() == 2
+        and table.shape[1] > 0
+        and (table.shape[0] <= 1 or table.stride(1) == 1)
+        and not table.requires_grad
+        and available()
+    )
+
+
+def row_summary(table: Tensor, logsumexp: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Row maxima, first argmax (int64) and, if asked, logsumexp of ``table`` (n, K); see
+    ``handles``."""
+    lib = _library()
+    assert lib is not None and handles(table)
+    n, K = table.shape
+    top = table.new_empty(n)
+    lse = table.new_empty(n) if logsumexp else None
+    arg = torch.empty(n, dtype=torch.int64)
+    lib.mixem_row_summary_f32(
+        table.data_ptr(), n, K, max(table.stride(0), K), top.data_ptr(), arg.data_ptr(),
+        None if lse is None else lse.data_ptr(),
+    )  # fmt: skip
+    return top, arg, lse
+
+
+def softmax(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``row_summary`` and the (n, K) contiguous weights exp(table - logsumexp)."""
+    lib = _library()
+    assert lib is not None and handles(table)
+    n, K = table.shape
+    top, lse = table.new_empty(n), table.new_empty(n)
+    arg = torch.empty(n, dtype=torch.int64)
+    weights = table.new_empty(n, K)
+    lib.mixem_softmax_f32(
+        table.data_ptr(), n, K, max(table.stride(0), K), top.data_ptr(), arg.data_ptr(),
+        lse.data_ptr(), weights.data_ptr(),
+    )  # fmt: skip
+    return top, arg, lse, weights

@@ -1,0 +1,135 @@
+"""The fused C row reduction (``inference.native``) against torch, and the eager fallback.
+
+The E-step's labels, ELBO and log evidence come from these reductions, so both paths are held
+to torch's own ``max``/``logsumexp``/``softmax``: indices exactly (ties to the lowest column),
+maxima exactly, logsumexp and weights to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from inference import native, reductions
+from inference.em import e_step
+from inference.families import Categorical, Delta
+from models import RestrictedGMM
+
+needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler here")
+
+
+def tables() -> list[torch.Tensor]:
+    """Float32 tables of many shapes and spreads, with ties, -inf entries and odd widths."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for n, K, scale in [(1, 1, 1.0), (7, 3, 1.0), (300, 8, 5.0), (257, 64, 40.0), (33, 257, 300.0)]:
+        out.append(torch.randn(n, K, generator=g) * scale)
+    tied = torch.randint(0, 3, (500, 16), generator=g).float()  # many exact ties in a row
+    tied[:5, 2:] = -math.inf
+    out.append(tied)
+    return out
+
+
+def check_summary(table: torch.Tensor, top: torch.Tensor, arg: torch.Tensor, lse: torch.Tensor):
+    values, indices = table.max(1)
+    assert torch.equal(top, values)
+    assert torch.equal(arg, indices)  # torch.max: the first maximum
+    torch.testing.assert_close(lse, torch.logsumexp(table, 1), rtol=2e-6, atol=2e-6)
+
+
+@needs_native
+@pytest.mark.parametrize("index", range(6))
+def test_native_summary_equals_torch(index):
+    table = tables()[index]
+    check_summary(table, *native.row_summary(table))
+    top, arg, lse, weights = native.softmax(table)
+    check_summary(table, top, arg, lse)
+    torch.testing.assert_close(weights, torch.softmax(table, 1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_summary_equals_torch(index, dtype):
+    table = tables()[index].to(dtype)
+    top, arg = reductions.eager_max_rows(table)
+    check_summary(table, top, arg, reductions.eager_logsumexp_rows(table, top))
+
+
+@needs_native
+def test_native_non_finite_rows_follow_torch():
+    table = torch.tensor(
+        [[-math.inf, -math.inf], [1.0, math.nan], [math.inf, 2.0], [0.0, 5.0]], dtype=torch.float32
+    )
+    top, arg, lse = native.row_summary(table)
+    assert lse[0] == -math.inf and arg[0] == 0
+    assert math.isnan(top[1]) and math.isnan(lse[1])
+    assert top[2] == math.inf and lse[2] == math.inf and arg[2] == 0
+    assert arg[3] == 1
+    torch.testing.assert_close(lse[3], torch.logsumexp(table[3], 0))
+
+
+@needs_native
+def test_far_entries_are_skipped_without_changing_the_sum():
+    """Entries more than 18 + log K nats below the maximum are left out of the sum; the result
+    still equals float64's logsumexp to float32 rounding."""
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(2000, 200, generator=g) * 25.0  # most entries far below their maximum
+    lse = native.row_summary(table)[2]
+    exact = torch.logsumexp(table.double(), 1)
+    torch.testing.assert_close(lse.double(), exact, rtol=1e-6, atol=1e-6)
+
+
+@needs_native
+def test_strided_rows_and_views():
+    base = torch.randn(50, 40)
+    view = base[:, :30]  # rows contiguous, row stride 40
+    check_summary(view, *native.row_summary(view))
+    assert not native.handles(base.T)  # columns contiguous: torch's path
+    assert not native.handles(base.double())
+
+
+@pytest.mark.parametrize("family", [Delta(), Categorical()], ids=["delta", "categorical"])
+def test_e_step_equal_with_and_without_native(family):
+    """The same float32 E-step through the C loop and through torch: identical labels, the same
+    ELBO and log evidence to float32 rounding."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3000, 5, generator=g) * 4.0
+    model = RestrictedGMM(x[:12].clone())
+    fast = e_step(model, family, x, chunk_size=1000)
+    slow = _without_native(lambda: e_step(model, family, x, chunk_size=1000))
+    assert torch.equal(fast.labels, slow.labels)
+    assert fast.elbo == pytest.approx(slow.elbo, rel=1e-5)
+    assert fast.log_evidence == pytest.approx(slow.log_evidence, rel=1e-5)
+    torch.testing.assert_close(fast.q.weights, slow.q.weights, rtol=1e-4, atol=1e-6)
+
+
+def _without_native(run):
+    saved = native._library
+    native._library = lambda: None  # type: ignore[assignment]
+    try:
+        return run()
+    finally:
+        native._library = saved  # type: ignore[assignment]
+
+
+def test_remembered_summary_is_dropped_when_the_table_changes():
+    table = torch.randn(20, 4)
+    first = reductions.row_summary(table)
+    assert reductions.row_summary(table) is first
+    table[0, 0] = 100.0  # in place: a new version of the tensor
+    again = reductions.row_summary(table)
+    assert again is not first and int(again.arg[0]) == 0
+
+
+def test_native_off_by_environment(tmp_path):
+    """MIXEM_NATIVE=0 turns the C loop off; a fresh interpreter reports it unavailable."""
+    env = {**os.environ, "MIXEM_NATIVE": "0", "MIXEM_CACHE_DIR": str(tmp_path)}
+    code = "from inference import native; print(native.available())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
+    assert not any(tmp_path.iterdir())  # nothing was compiled
