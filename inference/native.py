@@ -34,6 +34,7 @@ from torch import Tensor
 SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* exp(d) for d in [-87, 0]: 2^m * p(r), r = d - m ln2, |r| <= ln2 / 2 (Cephes expf). Written
@@ -89,11 +90,6 @@ static inline __m256 exp8(__m256 d) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-static inline float sum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
 #endif
 
 #ifdef __AVX2__
@@ -110,92 +106,116 @@ __attribute__((constructor)) static void fill_pack(void) {
 }
 #endif
 
-/* sum_j exp(row[j] - top) over a row with finite maximum top. Entries more than `cutoff` below
-   the maximum are left out: together they add less than K exp(cutoff) = exp(-18), under half
-   an ulp of a sum that is >= 1. In a well-separated mixture that is most of the row, and exp
-   is the dearest part of the loop; with AVX2 the entries kept are packed (no branch per entry,
-   which would mispredict) and exponentiated 8 at a time. */
-static inline float sum_exp(const float *row, int64_t K, float top, float cutoff) {
-    float total = 0.0f;
-    int64_t j = 0;
+/* Entries more than `cutoff` below their row's maximum are left out of its sum of exponentials:
+   together they add less than K exp(cutoff) = exp(-18), under half an ulp of a sum that is
+   >= 1. In a well-separated mixture that is most of the table, and exp is the dearest part of
+   the loop. */
+static float skip_cutoff(int64_t K) { return -18.0f - logf((float)K); }
+
+/* Append row[j] - top for the entries within `cutoff` of the maximum to kept (which has room
+   for K + 8 more); returns how many. With AVX2 the entries are packed by a permutation, with no
+   branch per entry (it would mispredict). */
+static inline int64_t pack_near(const float *row, int64_t K, float top, float cutoff,
+                                float *kept) {
+    int64_t count = 0, j = 0;
 #ifdef __AVX2__
-    enum { SEGMENT = 256 };
-    float kept[SEGMENT + 8];
-    __m256 vtop = _mm256_set1_ps(top), vnear = _mm256_set1_ps(top + cutoff);
-    __m256 floor = _mm256_set1_ps(-87.0f), acc = _mm256_setzero_ps();
-    __m256 padding = _mm256_set1_ps(top - 1000.0f);  /* exp -> exp(-87) ~ 1e-38: nothing */
-    while (j + 8 <= K) {
-        int count = 0;
-        for (; j + 8 <= K && count <= SEGMENT - 8; j += 8) {
-            __m256 v = _mm256_loadu_ps(row + j);
-            int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, vnear, _CMP_GT_OQ));
-            __m256i order = _mm256_load_si256((const __m256i *)PACK[mask]);
-            _mm256_storeu_ps(kept + count, _mm256_permutevar8x32_ps(v, order));
-            count += __builtin_popcount(mask);
-        }
-        _mm256_storeu_ps(kept + count, padding);
-        for (int b = 0; b < count; b += 8) {
-            __m256 d = _mm256_sub_ps(_mm256_loadu_ps(kept + b), vtop);
-            acc = _mm256_add_ps(acc, exp8(_mm256_max_ps(d, floor)));
-        }
+    __m256 vtop = _mm256_set1_ps(top), vnear = _mm256_set1_ps(cutoff);
+    for (; j + 8 <= K; j += 8) {
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(row + j), vtop);
+        int mask = _mm256_movemask_ps(_mm256_cmp_ps(d, vnear, _CMP_GT_OQ));
+        __m256i order = _mm256_load_si256((const __m256i *)PACK[mask]);
+        _mm256_storeu_ps(kept + count, _mm256_permutevar8x32_ps(d, order));
+        count += __builtin_popcount(mask);
     }
-    total = sum8(acc);
 #endif
     for (; j < K; j++) {
         float d = row[j] - top;
-        total += exp_clamped(d < -87.0f ? -87.0f : d);
+        kept[count] = d;
+        count += d > cutoff;
     }
-    return total;
+    return count;
 }
 
-/* Row i's maximum, its first column and log sum_j exp(row[j]), in vectorised passes over a
-   row in L1: the maximum; its first position (a min-reduction over the columns equal to it,
-   32-bit so AVX2 has the instruction); the sum of exponentials. */
-static inline float summarise_row(const float *row, int64_t K, float cutoff, float *top_out,
-                                  int64_t *arg_out) {
+/* values[0:count] = exp(max(values, -87)), 8 at a time: independent vectors, so the polynomial's
+   latency overlaps (one row's few entries alone would wait on it). */
+static void exp_in_place(float *values, int64_t count) {
+    int64_t b = 0;
+#ifdef __AVX2__
+    __m256 floor = _mm256_set1_ps(-87.0f);
+    for (; b + 8 <= count; b += 8)
+        _mm256_storeu_ps(values + b, exp8(_mm256_max_ps(_mm256_loadu_ps(values + b), floor)));
+#endif
+    for (; b < count; b++) values[b] = exp_clamped(values[b] < -87.0f ? -87.0f : values[b]);
+}
+
+/* Maxima and first columns of rows, and (lse not NULL) their logsumexp. In groups of ROWS rows:
+   each row's maximum and argmax, its near entries packed into one buffer; one exp over the
+   buffer; each row's sum and log. */
+enum { ROWS = 64 };
+
+static inline float top_and_arg(const float *row, int64_t K, float *top_out, int64_t *arg_out,
+                                int *odd) {
     float top = -INFINITY;
 #pragma omp simd reduction(max : top)
     for (int64_t j = 0; j < K; j++) top = row[j] > top ? row[j] : top;
-    if (!(top > -INFINITY && top < INFINITY)) return summarise_odd_row(row, K, top_out, arg_out);
-    int32_t arg = (int32_t)K;
-#pragma omp simd reduction(min : arg)
-    for (int32_t j = 0; j < (int32_t)K; j++) {
-        int32_t here = row[j] == top ? j : (int32_t)K;
-        arg = here < arg ? here : arg;
+    int32_t arg = (int32_t)K, nan = 0;
+    if (top > -INFINITY && top < INFINITY) {
+#pragma omp simd reduction(min : arg) reduction(| : nan)
+        for (int32_t j = 0; j < (int32_t)K; j++) {
+            int32_t here = row[j] == top ? j : (int32_t)K;
+            arg = here < arg ? here : arg;
+            nan |= row[j] != row[j];
+        }
     }
-    if (arg == (int32_t)K) return summarise_odd_row(row, K, top_out, arg_out);  /* a NaN */
-    if (cutoff != cutoff) {  /* NaN: the caller wants no logsumexp */
-        *top_out = top;
-        *arg_out = arg;
-        return top;
-    }
-    float total = sum_exp(row, K, top, cutoff);
-    if (total != total) return summarise_odd_row(row, K, top_out, arg_out);
+    *odd = arg == (int32_t)K || nan;  /* an infinite maximum, or a NaN */
+    if (*odd) return summarise_odd_row(row, K, top_out, arg_out);
     *top_out = top;
     *arg_out = arg;
-    return top + logf(total);
+    return top;
 }
 
-static float skip_cutoff(int64_t K) { return -18.0f - logf((float)K); }
-
-/* lse may be NULL: maxima and first columns only. */
-void mixem_row_summary_f32(const float *table, int64_t n, int64_t K, int64_t ld,
-                           float *top, int64_t *arg, float *lse) {
-    float cutoff = lse ? skip_cutoff(K) : NAN;
-    for (int64_t i = 0; i < n; i++) {
-        float log_total = summarise_row(table + i * ld, K, cutoff, top + i, arg + i);
-        if (lse) lse[i] = log_total;
+/* Returns 0, or 1 when the buffer could not be allocated. */
+int mixem_row_summary_f32(const float *table, int64_t n, int64_t K, int64_t ld,
+                          float *top, int64_t *arg, float *lse) {
+    int odd;
+    if (!lse) {
+        for (int64_t i = 0; i < n; i++) top_and_arg(table + i * ld, K, top + i, arg + i, &odd);
+        return 0;
     }
+    float cutoff = skip_cutoff(K);
+    float *kept = malloc(sizeof(float) * (ROWS * K + 8));
+    int64_t start[ROWS + 1];
+    if (!kept) return 1;
+    for (int64_t first = 0; first < n; first += ROWS) {
+        int64_t rows = n - first < ROWS ? n - first : ROWS, count = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t i = first + r;
+            float t = top_and_arg(table + i * ld, K, top + i, arg + i, &odd);
+            start[r] = count;
+            if (odd) lse[i] = t;  /* -inf, +inf or NaN: its own logsumexp */
+            else count += pack_near(table + i * ld, K, t, cutoff, kept + count);
+        }
+        start[rows] = count;
+        exp_in_place(kept, count);
+        for (int64_t r = 0; r < rows; r++) {
+            if (start[r + 1] == start[r]) continue;  /* an odd row: done above */
+            float total = 0.0f;
+            for (int64_t j = start[r]; j < start[r + 1]; j++) total += kept[j];
+            lse[first + r] = top[first + r] + logf(total);
+        }
+    }
+    free(kept);
+    return 0;
 }
 
 /* The same, and weights[i, j] = exp(row[j] - lse[i]) (0 below exp(-87) of the maximum). */
-void mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld,
-                       float *top, int64_t *arg, float *lse, float *weights) {
+int mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld,
+                      float *top, int64_t *arg, float *lse, float *weights) {
+    if (mixem_row_summary_f32(table, n, K, ld, top, arg, lse)) return 1;
     for (int64_t i = 0; i < n; i++) {
         const float *row = table + i * ld;
         float *out = weights + i * K;
-        float log_total = summarise_row(row, K, skip_cutoff(K), top + i, arg + i);
-        lse[i] = log_total;
+        float log_total = lse[i];
         if (!(log_total > -INFINITY && log_total < INFINITY)) {  /* NaN, as torch.softmax */
             for (int64_t j = 0; j < K; j++) out[j] = NAN;
             continue;
@@ -206,9 +226,11 @@ void mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld,
             out[j] = d < -87.0f ? 0.0f : exp_clamped(d > 0.0f ? 0.0f : d);
         }
     }
+    return 0;
 }
 """
 
+ROWS = 64  # rows per group in the C loop (its buffer holds ROWS x K floats)
 FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
 
 
@@ -270,6 +292,7 @@ def _library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError):
         return None
     sizes: list[Any] = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    lib.mixem_row_summary_f32.restype = lib.mixem_softmax_f32.restype = ctypes.c_int
     lib.mixem_row_summary_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
     lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 4]
     return lib
@@ -303,10 +326,12 @@ def row_summary(table: Tensor, logsumexp: bool = True) -> tuple[Tensor, Tensor, 
     top = table.new_empty(n)
     lse = table.new_empty(n) if logsumexp else None
     arg = torch.empty(n, dtype=torch.int64)
-    lib.mixem_row_summary_f32(
+    failed = lib.mixem_row_summary_f32(
         table.data_ptr(), n, K, max(table.stride(0), K), top.data_ptr(), arg.data_ptr(),
         None if lse is None else lse.data_ptr(),
     )  # fmt: skip
+    if failed:
+        raise MemoryError(f"row summary: no memory for a {ROWS} x {K} float32 buffer")
     return top, arg, lse
 
 
@@ -318,8 +343,10 @@ def softmax(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     top, lse = table.new_empty(n), table.new_empty(n)
     arg = torch.empty(n, dtype=torch.int64)
     weights = table.new_empty(n, K)
-    lib.mixem_softmax_f32(
+    failed = lib.mixem_softmax_f32(
         table.data_ptr(), n, K, max(table.stride(0), K), top.data_ptr(), arg.data_ptr(),
         lse.data_ptr(), weights.data_ptr(),
     )  # fmt: skip
+    if failed:
+        raise MemoryError(f"softmax: no memory for a {ROWS} x {K} float32 buffer")
     return top, arg, lse, weights
