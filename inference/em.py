@@ -20,11 +20,7 @@ import torch
 from torch import Tensor
 
 from inference.distributed import LOCAL, Reducer
-from inference.elbo import (
-    entropy_per_point,
-    expected_log_joint_per_point,
-    log_evidence_from_table,
-)
+from inference.elbo import fit_and_entropy, log_evidence_from_table
 from inference.enumerate import DEFAULT_CHUNK_SIZE, iter_log_joint
 from inference.errors import MixemError, NonFiniteError
 from inference.guides import Delta, GuideFamily, Schedule, as_schedule
@@ -85,11 +81,11 @@ def e_step(
     # a view of it (a guide returns new tensors)
     for _, table in iter_log_joint(model, x, chunk_size, reuse=True):
         q = guide.e_step(table)
-        point_fit = expected_log_joint_per_point(table, q)
+        point_fit, entropy = fit_and_entropy(table, q)
         parts.append(q)
         fits.append(point_fit)
         # the ELBO of elbo_from_table, from the point fits just taken rather than a second gather
-        elbo += float(point_fit.sum() + entropy_per_point(q).sum())
+        elbo += float(point_fit.sum() + entropy.sum())
         log_evidence += float(log_evidence_from_table(table))
     q = Responsibilities.cat(parts)
     totals = reducer.sum(

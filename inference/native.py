@@ -228,6 +228,51 @@ int mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld,
     }
     return 0;
 }
+
+/* log(q) for a normal float q > 0 (Cephes logf, ~1 ulp), branch-free so that loops vectorise. */
+static inline float log_positive(float q) {
+    int32_t bits;
+    memcpy(&bits, &q, sizeof bits);
+    float e = (float)(((bits >> 23) & 0xff) - 126);
+    bits = (bits & 0x807fffff) | 0x3f000000;  /* the mantissa, in [0.5, 1) */
+    float m;
+    memcpy(&m, &bits, sizeof m);
+    int small = m < 0.707106781186547524f;
+    e = small ? e - 1.0f : e;
+    float x = small ? m + m - 1.0f : m - 1.0f;
+    float z = x * x;
+    float y = 7.0376836292e-2f;
+    y = y * x - 1.1514610310e-1f;
+    y = y * x + 1.1676998740e-1f;
+    y = y * x - 1.2420140846e-1f;
+    y = y * x + 1.4249322787e-1f;
+    y = y * x - 1.6668057665e-1f;
+    y = y * x + 2.0000714765e-1f;
+    y = y * x - 2.4999993993e-1f;
+    y = y * x + 3.3333331174e-1f;
+    y = y * x * z;
+    y += -2.12194440e-4f * e;
+    y += -0.5f * z;
+    return x + y + 0.693359375f * e;
+}
+
+/* fit[i] = sum_j q[i, j] table[i, j] and entropy[i] = -sum_j q[i, j] log q[i, j], in one pass;
+   a weight of 0 contributes nothing (also against a -inf entry), and so does one below 1e-30
+   to the entropy (q log q > -1e-28 there: nothing, and below float's normal range). */
+void mixem_expectation_f32(const float *table, int64_t n, int64_t K, int64_t ld,
+                           const float *weights, float *fit, float *entropy) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = table + i * ld, *q = weights + i * K;
+        float f = 0.0f, h = 0.0f;
+#pragma omp simd reduction(+ : f, h)
+        for (int64_t j = 0; j < K; j++) {
+            f += q[j] > 0.0f ? q[j] * row[j] : 0.0f;
+            h -= q[j] > 1e-30f ? q[j] * log_positive(q[j]) : 0.0f;
+        }
+        fit[i] = f;
+        entropy[i] = h;
+    }
+}
 """
 
 ROWS = 64  # rows per group in the C loop (its buffer holds ROWS x K floats)
@@ -295,6 +340,7 @@ def _library() -> ctypes.CDLL | None:
     lib.mixem_row_summary_f32.restype = lib.mixem_softmax_f32.restype = ctypes.c_int
     lib.mixem_row_summary_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
     lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 4]
+    lib.mixem_expectation_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
     return lib
 
 
@@ -350,3 +396,17 @@ def softmax(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if failed:
         raise MemoryError(f"softmax: no memory for a {ROWS} x {K} float32 buffer")
     return top, arg, lse, weights
+
+
+def expectation(table: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """(n,) sum_c q_ic table_ic and (n,) entropy -sum_c q_ic log q_ic, for ``table`` (n, K) (see
+    ``handles``) and contiguous float32 ``weights`` (n, K)."""
+    lib = _library()
+    assert lib is not None and handles(table) and handles(weights) and weights.is_contiguous()
+    n, K = table.shape
+    fit, entropy = table.new_empty(n), table.new_empty(n)
+    lib.mixem_expectation_f32(
+        table.data_ptr(), n, K, max(table.stride(0), K), weights.data_ptr(), fit.data_ptr(),
+        entropy.data_ptr(),
+    )  # fmt: skip
+    return fit, entropy

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from inference.reductions import max_rows
+from inference.reductions import argmax_rows
 
 
 class Responsibilities(NamedTuple):
@@ -56,8 +56,8 @@ class Responsibilities(NamedTuple):
 
     def labels(self) -> Tensor:
         """(N,) int64: each point's most probable component (ties to the lowest column)."""
-        if self.indices is None:  # max_rows: argmax over a row is a scalar loop in torch
-            return max_rows(self.weights)[1]
+        if self.indices is None:  # argmax_rows: torch's argmax over a row is a scalar loop
+            return argmax_rows(self.weights)[1]
         best = self.weights.argmax(dim=1, keepdim=True)
         return self.indices.gather(1, best)[:, 0]
 

@@ -133,3 +133,23 @@ def test_native_off_by_environment(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
     assert not any(tmp_path.iterdir())  # nothing was compiled
+
+
+@needs_native
+def test_native_expectation_and_entropy_equal_torch():
+    """E_q[table] and H(q) per row in one pass, against the torch formulas; zero weights count
+    as nothing, also against -inf entries."""
+    from inference.elbo import entropy_per_point, expected_log_joint_per_point
+    from inference.responsibilities import Responsibilities
+
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(400, 37, generator=g) * 10.0
+    weights = torch.softmax(table, 1)
+    weights[:50, 5] = 0.0  # exact zeros ...
+    table[:50, 5] = -math.inf  # ... where the table is -inf
+    weights[50:60] = torch.nn.functional.one_hot(torch.arange(10) % 37, 37).float()
+    q = Responsibilities(weights, None)
+    fit, entropy = native.expectation(table, weights)
+    torch.testing.assert_close(fit, expected_log_joint_per_point(table, q), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(entropy, entropy_per_point(q), rtol=1e-5, atol=1e-6)
+    assert torch.all(entropy[50:60] == 0)
