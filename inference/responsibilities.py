@@ -58,6 +58,8 @@ class Responsibilities(NamedTuple):
         """(N,) int64: each point's most probable component (ties to the lowest column)."""
         if self.indices is None:  # argmax_rows: torch's argmax over a row is a scalar loop
             return argmax_rows(self.weights)[1]
+        if self.indices.shape[1] == 1:  # one state per point: it is the label
+            return self.indices[:, 0]
         best = self.weights.argmax(dim=1, keepdim=True)
         return self.indices.gather(1, best)[:, 0]
 

@@ -30,8 +30,11 @@ def check_data(x: Tensor, k: int, n_total: int | None = None, first_row: int = 0
         )
     if not x.is_floating_point():
         raise MixemError(f"data must be floating point, got {x.dtype}; convert it with .double()")
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
+    # one reduction pass first (NaN propagates through min/max, inf is the extreme itself);
+    # the elementwise mask only when something is wrong, to say where
+    low, high = torch.aminmax(x)
+    if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+        bad = ~torch.isfinite(x)
         row = first_row + int(bad.any(1).nonzero()[0])
         kind = "NaN" if bool(torch.isnan(x).any()) else "inf"
         raise MixemError(
