@@ -63,6 +63,14 @@ class Responsibilities(NamedTuple):
         best = self.weights.argmax(dim=1, keepdim=True)
         return self.indices.gather(1, best)[:, 0]
 
+    def _is_one_hot(self) -> bool:
+        """One kept state per point with weight exactly 1 (a Delta or sampled q)."""
+        return (
+            self.indices is not None
+            and self.weights.shape[1] == 1
+            and bool((self.weights == 1).all())
+        )
+
     def dense(self, n_components: int) -> Tensor:
         """(N, K) float: q as a full table (allocates N x K; for tests and small data)."""
         if self.indices is None:
@@ -74,6 +82,9 @@ class Responsibilities(NamedTuple):
         """(K,) float: sum_i q(z_i = c), the expected number of points per component."""
         if self.indices is None:
             return self.weights.sum(0)
+        if self._is_one_hot():  # a Delta q: counting labels needs no weights
+            counts = torch.bincount(self.indices[:, 0], minlength=n_components)
+            return counts.to(self.weights.dtype)
         out = self.weights.new_zeros(n_components)
         return out.index_add_(0, self.indices.reshape(-1), self.weights.reshape(-1))
 
@@ -90,6 +101,10 @@ class Responsibilities(NamedTuple):
             out = self.weights.T @ flat  # one GEMM for a dense q
         else:
             out = flat.new_zeros(n_components, flat.shape[1])
+            if self._is_one_hot():  # a Delta q: no (N, S) product of values and ones
+                return out.index_add_(0, self.indices[:, 0], flat).reshape(
+                    n_components, *values.shape[1:]
+                )
             # a scatter-add per kept column: O(N k S), far cheaper than a one-hot GEMM
             for j in range(self.indices.shape[1]):
                 out.index_add_(0, self.indices[:, j], flat * self.weights[:, j : j + 1])
