@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import cases
 import memory
+import soft_gmm
 
+from inference import native
 from inference.em import DEFAULT_CHUNK_SIZE
 from models import RestrictedGMM
 
@@ -158,8 +160,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    print(f"Machine: {machine()}; device {args.device}; chunk_size {args.chunk_size}\n")
+    native_state = "on" if native.available() else "off (no C compiler, or MIXEM_NATIVE=0)"
+    print(
+        f"Machine: {machine()}; device {args.device}; chunk_size {args.chunk_size}; "
+        f"fused C row reduction {native_state}\n"
+    )
     print("\n".join(speed_rows(QUICK if args.quick else FULL, args)) + "\n")
+    print("\n".join(soft_gmm.soft_gmm_rows(args.quick, args.device)) + "\n")
     if not args.no_memory and args.device == "cpu":
         print("\n".join(memory_rows(args)) + "\n")
     print(accuracy_row(args))

@@ -26,7 +26,7 @@ from inference.errors import MixemError, NonFiniteError
 from inference.guides import Delta, GuideFamily, Schedule, as_schedule
 from inference.mstep import closed_form_m_step, gradient_m_step, has_closed_form
 from inference.params import get_params, squared_shift
-from inference.responsibilities import Responsibilities
+from inference.responsibilities import Assembler, Responsibilities
 from inference.trace import TraceRecord
 from inference.validation import check_data, check_k
 
@@ -75,23 +75,24 @@ def e_step(
 
     ``q``, ``labels`` and ``point_fit`` are this worker's; ``elbo`` and ``log_evidence`` are
     totals over all workers (``reducer``)."""
-    parts, fits = [], []
+    assembled, labels, fits = Assembler(x.shape[0]), [], []
     elbo = log_evidence = 0.0
     # reuse: each chunk's table lives in the same memory (no page faults); nothing below keeps
     # a view of it (a guide returns new tensors)
-    for _, table in iter_log_joint(model, x, chunk_size, reuse=True):
+    for start, table in iter_log_joint(model, x, chunk_size, reuse=True):
         q = guide.e_step(table)
         point_fit, entropy = fit_and_entropy(table, q)
-        parts.append(q)
+        assembled.put(start, q)
+        labels.append(q.labels())  # per chunk, while q is in cache
         fits.append(point_fit)
         # the ELBO of elbo_from_table, from the point fits just taken rather than a second gather
         elbo += float(point_fit.sum() + entropy.sum())
         log_evidence += float(log_evidence_from_table(table))
-    q = Responsibilities.cat(parts)
+    q = assembled.result()
     totals = reducer.sum(
         torch.tensor([elbo, log_evidence], dtype=torch.float64, device=q.weights.device)
     )
-    return EStep(q, q.labels(), torch.cat(fits), float(totals[0]), float(totals[1]))
+    return EStep(q, torch.cat(labels), torch.cat(fits), float(totals[0]), float(totals[1]))
 
 
 def choose_m_step(

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from inference.errors import MixemError
 from inference.reductions import argmax_rows
 
 
@@ -109,3 +110,43 @@ class Responsibilities(NamedTuple):
             for j in range(self.indices.shape[1]):
                 out.index_add_(0, self.indices[:, j], flat * self.weights[:, j : j + 1])
         return out.reshape(n_components, *values.shape[1:])
+
+
+class Assembler:
+    """Builds the q of all N points from chunks, written into one tensor as they come.
+
+    Each chunk is copied while it is still in cache, and the chunks are not all kept to be
+    concatenated at the end (``torch.cat`` holds them and the result together: twice q, which
+    for a dense q is N x K).
+
+    Args:
+        n_rows: N, the number of points the chunks cover.
+    """
+
+    def __init__(self, n_rows: int) -> None:
+        self.n_rows = n_rows
+        self.weights: Tensor | None = None
+        self.indices: Tensor | None = None
+
+    def put(self, start: int, q: Responsibilities) -> None:
+        """Rows ``start:start + len(q)`` of q are ``q``; every chunk must keep as many states
+        per point as the first (k columns) and be dense or not alike."""
+        if self.weights is None:
+            self.weights = q.weights.new_empty(self.n_rows, q.weights.shape[1])
+            if q.indices is not None:
+                self.indices = q.indices.new_empty(self.n_rows, q.indices.shape[1])
+        if q.weights.shape[1] != self.weights.shape[1] or (q.indices is None) != (
+            self.indices is None
+        ):
+            raise MixemError(
+                f"a guide family's q must keep the same states per point in every chunk: got "
+                f"{q.weights.shape[1]} columns after {self.weights.shape[1]}"
+            )
+        stop = start + len(q)
+        self.weights[start:stop].copy_(q.weights)
+        if self.indices is not None and q.indices is not None:
+            self.indices[start:stop].copy_(q.indices)
+
+    def result(self) -> Responsibilities:
+        assert self.weights is not None, "no chunk was put"
+        return Responsibilities(self.weights, self.indices)

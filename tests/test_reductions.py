@@ -153,3 +153,13 @@ def test_native_expectation_and_entropy_equal_torch():
     torch.testing.assert_close(fit, expected_log_joint_per_point(table, q), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(entropy, entropy_per_point(q), rtol=1e-5, atol=1e-6)
     assert torch.all(entropy[50:60] == 0)
+
+
+def test_assembler_refuses_chunks_of_different_widths():
+    from inference.errors import MixemError
+    from inference.responsibilities import Assembler, Responsibilities
+
+    assembled = Assembler(4)
+    assembled.put(0, Responsibilities(torch.ones(2, 1), torch.zeros(2, 1, dtype=torch.long)))
+    with pytest.raises(MixemError, match="same states per point"):
+        assembled.put(2, Responsibilities(torch.full((2, 2), 0.5), torch.zeros(2, 2).long()))
