@@ -70,12 +70,14 @@ def e_step(
     x: Tensor,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     reducer: Reducer = LOCAL,
+    recycle: Responsibilities | None = None,
 ) -> EStep:
     """Best member of ``guide``'s family for every point, chunk by chunk; ``x`` is (N, D).
 
     ``q``, ``labels`` and ``point_fit`` are this worker's; ``elbo`` and ``log_evidence`` are
-    totals over all workers (``reducer``)."""
-    assembled, labels, fits = Assembler(x.shape[0]), [], []
+    totals over all workers (``reducer``). ``recycle``: a q that is no longer needed (the
+    previous E-step's, in the EM loop), whose memory the new q may take over."""
+    assembled, labels, fits = Assembler(x.shape[0], recycle), [], []
     elbo = log_evidence = 0.0
     # reuse: each chunk's table lives in the same memory (no page faults); nothing below keeps
     # a view of it (a guide returns new tensors)
@@ -263,7 +265,8 @@ def fit(
         _check_params(after, n_iter, trace)
         shift = squared_shift(before, after)
         family = family_at(n_iter)
-        previous, est = est, e_step(model, family, x, chunk_size, reducer)
+        # the last q is dead once the M-step has used it: the new one may take its memory
+        previous, est = est, e_step(model, family, x, chunk_size, reducer, recycle=est.q)
         _check_finite(est, n_iter, trace)
         n_changed = int(reducer.sum((est.labels != previous.labels).sum()))
         trace.append(_record(n_iter, est, n_changed, n_relocated, started))

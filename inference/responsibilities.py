@@ -121,10 +121,14 @@ class Assembler:
 
     Args:
         n_rows: N, the number of points the chunks cover.
+        recycle: a q nobody needs any more (the previous E-step's) whose tensors may be
+            overwritten when their shapes fit: a fresh N x K tensor costs a page fault per 4 KiB
+            on first write, about as much as computing it.
     """
 
-    def __init__(self, n_rows: int) -> None:
+    def __init__(self, n_rows: int, recycle: Responsibilities | None = None) -> None:
         self.n_rows = n_rows
+        self.recycle = recycle
         self.weights: Tensor | None = None
         self.indices: Tensor | None = None
 
@@ -132,9 +136,11 @@ class Assembler:
         """Rows ``start:start + len(q)`` of q are ``q``; every chunk must keep as many states
         per point as the first (k columns) and be dense or not alike."""
         if self.weights is None:
-            self.weights = q.weights.new_empty(self.n_rows, q.weights.shape[1])
+            old = self.recycle
+            self.recycle = None
+            self.weights = _recycled(old and old.weights, q.weights, self.n_rows)
             if q.indices is not None:
-                self.indices = q.indices.new_empty(self.n_rows, q.indices.shape[1])
+                self.indices = _recycled(old and old.indices, q.indices, self.n_rows)
         if q.weights.shape[1] != self.weights.shape[1] or (q.indices is None) != (
             self.indices is None
         ):
@@ -150,3 +156,18 @@ class Assembler:
     def result(self) -> Responsibilities:
         assert self.weights is not None, "no chunk was put"
         return Responsibilities(self.weights, self.indices)
+
+
+def _recycled(old: Tensor | None, like: Tensor, n_rows: int) -> Tensor:
+    """``old`` when it is an (n_rows, like's columns) tensor of like's dtype and device, else a
+    new one."""
+    shape = (n_rows, like.shape[1])
+    if (
+        old is not None
+        and old.shape == shape
+        and old.dtype == like.dtype
+        and old.device == like.device
+        and old.is_contiguous()
+    ):
+        return old
+    return like.new_empty(shape)

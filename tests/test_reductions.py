@@ -163,3 +163,19 @@ def test_assembler_refuses_chunks_of_different_widths():
     assembled.put(0, Responsibilities(torch.ones(2, 1), torch.zeros(2, 1, dtype=torch.long)))
     with pytest.raises(MixemError, match="same states per point"):
         assembled.put(2, Responsibilities(torch.full((2, 2), 0.5), torch.zeros(2, 2).long()))
+
+
+def test_e_step_recycles_a_dead_q_only_when_it_fits():
+    """The EM loop hands the previous q's memory to the next E-step: same values as a fresh
+    E-step; a q of another shape is not used."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(500, 3, generator=g)
+    model = RestrictedGMM(x[:6].clone())
+    fresh = e_step(model, Categorical(), x, chunk_size=128)
+    old = e_step(model, Categorical(), x, chunk_size=128)
+    again = e_step(model, Categorical(), x, chunk_size=128, recycle=old.q)
+    assert again.q.weights.data_ptr() == old.q.weights.data_ptr()
+    assert torch.equal(again.q.weights, fresh.q.weights)
+    hard = e_step(model, Delta(), x, chunk_size=128, recycle=fresh.q)  # (N, 1): no fit
+    assert hard.q.weights.data_ptr() != fresh.q.weights.data_ptr()
+    assert torch.equal(fresh.q.weights, again.q.weights)  # left alone
