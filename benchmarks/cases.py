@@ -21,6 +21,7 @@ from inference.em import e_step, fit
 from inference.enumerate import iter_log_joint
 from inference.guides import Delta, parse_guide
 from inference.reductions import argmax_rows
+from inference.responsibilities import Assembler, Responsibilities
 from models import RestrictedGMM
 
 
@@ -113,13 +114,16 @@ def hand_written_e_step(x: Tensor, locs: Tensor, chunk_size: int) -> Tensor:
 
 
 def e_step_without_record(model: RestrictedGMM, x: Tensor, chunk_size: int) -> None:
-    """The E-step loop of ``inference.em.e_step`` minus the ELBO and the log evidence."""
-    labels, fits = [], []
-    for _, table in iter_log_joint(model, x, chunk_size, reuse=True):
+    """``inference.em.e_step`` under the Delta family minus the trace record (the ELBO's sums
+    and the logsumexp of the log evidence): q, labels and point fits exactly as it keeps them."""
+    assembled, labels, fits = Assembler(x.shape[0]), [], []
+    for start, table in iter_log_joint(model, x, chunk_size, reuse=True):
         top, arg = argmax_rows(table)  # the Delta E-step's argmax, without the logsumexp
-        labels.append(arg)
-        fits.append(top)  # point_fit: the M-step needs it anyway
-    torch.cat(labels), torch.cat(fits)
+        q = Responsibilities.one_hot(arg, table.dtype)
+        assembled.put(start, q)
+        labels.append(q.labels())
+        fits.append(top)  # point_fit: the M-step's refill needs it anyway
+    assembled.result(), torch.cat(labels), torch.cat(fits)
 
 
 def record_cost(model: RestrictedGMM, x: Tensor, chunk_size: int, repeats: int) -> float:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import cases
 import memory
 import soft_gmm
+import truncated
 
 from inference import native
 from inference.em import DEFAULT_CHUNK_SIZE
@@ -167,6 +168,7 @@ def report(args: argparse.Namespace) -> None:
     )
     print("\n".join(speed_rows(QUICK if args.quick else FULL, args)) + "\n")
     print("\n".join(soft_gmm.soft_gmm_rows(args.quick, args.device)) + "\n")
+    print("\n".join(truncated.truncated_rows(args.quick, args.device)) + "\n")
     if not args.no_memory and args.device == "cpu":
         print("\n".join(memory_rows(args)) + "\n")
     print(accuracy_row(args))

@@ -30,7 +30,14 @@ from torch import Tensor
 
 from inference import workspace
 from inference.elbo import log_evidence_from_table
-from inference.em import EStep, FitResult, check_rows, choose_m_step, mean_feature_variance
+from inference.em import (
+    EStep,
+    FitResult,
+    check_rows,
+    choose_m_step,
+    e_step,
+    mean_feature_variance,
+)
 from inference.enumerate import ASSIGNMENT_SITE as SITE
 from inference.enumerate import DATA_PLATE as PLATE
 from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params, iter_log_joint
@@ -168,29 +175,8 @@ def summarise(kept: Tensor) -> tuple[Tensor, Tensor, float]:
 
 
 def full_e_step(k: int, model: Any, x: Tensor, chunk_size: int) -> EStep:
-    """``inference.em.e_step(model, TopK(k), x)`` for ``x`` (N, D), by ``torch.topk`` rather
-    than a stable sort of every (n, K) row (20x faster at K = 1024); rows with a tie in their
-    top k + 1 (rare) are redone by ``TopK`` itself, for its tie rule."""
-    weights = x.new_empty(x.shape[0], k)
-    indices = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
-    point_fit, elbo, evidence = x.new_empty(x.shape[0]), 0.0, 0.0
-    for start, table in iter_log_joint(model, x, chunk_size, reuse=True):
-        rows = slice(start, start + table.shape[0])
-        # ties within the top k + 1 are the only ones where torch.topk's order may differ
-        top, ids = torch.topk(table, min(k + 1, table.shape[1]), dim=1)
-        ties = (top[:, 1:] == top[:, :-1]).any(1)
-        kept, ids = top[:, :k], ids[:, :k]
-        if bool(ties.any()):
-            fixed = TopK(k).e_step(table[ties])
-            assert fixed.indices is not None
-            ids[ties] = fixed.indices
-            kept[ties] = table[ties].gather(1, fixed.indices)
-        indices[rows] = ids
-        w, point_fit[rows], part = summarise(kept.T)
-        weights[rows], elbo = w.T, elbo + part
-        evidence += float(log_evidence_from_table(table))
-    q = Responsibilities(weights, indices)
-    return EStep(q, indices[:, 0], point_fit, elbo, evidence)
+    """The first E-step: ``TopK(k)`` on every point's whole table row, ``x`` is (N, D)."""
+    return e_step(model, TopK(k), x, chunk_size)
 
 
 def truncated_e_step(

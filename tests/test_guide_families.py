@@ -90,6 +90,16 @@ def test_topk_keeps_the_k_largest_renormalised_and_breaks_ties_low():
     assert TopK(1).e_step(table).indices[:, 0].tolist() == [1, 0]  # argmax's tie rule
 
 
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_topk_equals_a_stable_sort_with_many_ties(k):
+    """topk is taken by torch.topk with the tied rows sorted stably: the same indices as a
+    stable sort of every row, on a table full of ties and on one with none."""
+    g = torch.Generator().manual_seed(k)
+    for table in (torch.randint(0, 4, (300, 9), generator=g).double(), torch.randn(300, 9)):
+        expected = torch.sort(table, dim=1, descending=True, stable=True).indices[:, :k]
+        assert torch.equal(TopK(k).e_step(table).indices, expected)
+
+
 def test_tempered_approaches_delta_as_t_goes_to_zero():
     x, model = overlapping(4)
     table = log_joint(model, x)
