@@ -126,17 +126,25 @@ def e_step_without_record(model: RestrictedGMM, x: Tensor, chunk_size: int) -> N
     assembled.result(), torch.cat(labels), torch.cat(fits)
 
 
-def record_cost(model: RestrictedGMM, x: Tensor, chunk_size: int, repeats: int) -> float:
-    """Seconds per E-step spent on the trace record (ELBO, log evidence) from the table: the
-    median of paired differences, E-step with and without it run back to back."""
-    device = str(x.device)
-    with_record = lambda: e_step(model, Delta(), x, chunk_size)  # noqa: E731
-    without = lambda: e_step_without_record(model, x, chunk_size)  # noqa: E731
-    differences = [
-        median_seconds(with_record, 1, device) - median_seconds(without, 1, device)
-        for _ in range(repeats)
-    ]
-    return max(statistics.median(differences), 0.0)
+def seconds(run: Callable[[], Any], device: str = "cpu") -> float:
+    """Wall time of one call of ``run()``."""
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(measures: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Median of each measure (a call returning seconds) over ``rounds`` rounds, the measures
+    taken in turn within a round, after one warm-up round."""
+    samples: dict[str, list[float]] = {name: [] for name in measures}
+    for round_ in range(rounds + 1):
+        for name, measure in measures.items():
+            value = measure()
+            if round_ > 0:
+                samples[name].append(value)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def label_agreement(x: Tensor, locs: Tensor, chunk_size: int) -> float:

@@ -70,8 +70,30 @@ def progress(items: list, desc: str) -> Any:
     return tqdm(items, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty())
 
 
+def speed_measures(
+    x: torch.Tensor, init: torch.Tensor, iters: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The timings of one row, each a call returning seconds: an EM iteration of mixem (hard,
+    soft) and of scikit-learn; the generic E-step, the same minus its record, and a hand-written
+    GEMM + argmin."""
+    model, chunk, device = RestrictedGMM(init), args.chunk_size, args.device
+    soft_iters = max(iters // 2, 2)
+    return {
+        "ours": lambda: cases.mixem_iteration(x, init, iters, chunk)[0],
+        "theirs": lambda: cases.sklearn_iteration(x, init, iters, 1)[0],
+        "generic": lambda: cases.seconds(
+            lambda: cases.e_step(model, cases.Delta(), x, chunk), device
+        ),
+        "without": lambda: cases.seconds(
+            lambda: cases.e_step_without_record(model, x, chunk), device
+        ),
+        "hand": lambda: cases.seconds(lambda: cases.hand_written_e_step(x, init, chunk), device),
+        "soft": lambda: cases.mixem_iteration(x, init, soft_iters, chunk, "categorical")[0],
+    }
+
+
 def speed_rows(sizes: list[tuple[int, int, int]], args: argparse.Namespace) -> list[str]:
-    iters, reps = (6, 5) if args.quick else (8, 5)
+    iters, reps = (6, 5) if args.quick else (8, 5)  # iterations per fit, rounds
     rows = [
         "| N, D, K | mixem s/iter | sklearn s/iter | ratio | target | met | "
         "generic E-step s | torch GEMM argmin s | ratio (<= 1.3) | record share (<= 10%) "
@@ -81,21 +103,13 @@ def speed_rows(sizes: list[tuple[int, int, int]], args: argparse.Namespace) -> l
     for n, d, k in progress(sizes, desc="sizes"):
         x = cases.blobs(n, d, k, seed=0, device=args.device)
         init = cases.initial_centres(x, k, seed=1)
-        ours, _ = cases.mixem_iteration(x, init, iters, args.chunk_size)
-        theirs, _ = cases.sklearn_iteration(x, init, iters, reps)
-        model = RestrictedGMM(init)
-        generic = cases.median_seconds(
-            lambda m=model, x=x: cases.e_step(m, cases.Delta(), x, args.chunk_size),
-            reps,
-            args.device,
+        # every quantity is measured once per round, the rounds in turn, so that a change of
+        # load on a shared machine hits all of them alike; medians over the rounds
+        medians = cases.interleaved_medians(speed_measures(x, init, iters, args), reps)
+        ours, theirs, generic, hand, soft = (
+            medians[key] for key in ("ours", "theirs", "generic", "hand", "soft")
         )
-        hand = cases.median_seconds(
-            lambda x=x, init=init: cases.hand_written_e_step(x, init, args.chunk_size),
-            reps,
-            args.device,
-        )
-        record = cases.record_cost(model, x, args.chunk_size, reps)
-        soft, _ = cases.mixem_iteration(x, init, max(iters // 2, 2), args.chunk_size, "categorical")
+        record = max(generic - medians["without"], 0.0)
         ratio, target = ours / theirs, SPEED_TARGET[(d, k)]
         rows.append(
             f"| {n:,}, {d}, {k} | {ours:.4f} | {theirs:.4f} | {ratio:.2f} | <= {target} | "
