@@ -25,6 +25,9 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -363,21 +366,59 @@ def handles(table: Tensor) -> bool:
     )
 
 
+def _split_rows(call: Callable[[int, int], int], n: int, what: str, K: int) -> None:
+    """``call(first, stop)`` over row ranges that cover 0..n, in torch's number of threads.
+
+    ctypes lets go of the GIL while C runs, so Python threads run the ranges in parallel (the C
+    loop itself has no threads: a second OpenMP runtime beside torch's is trouble). Below 4096
+    rows a range is not worth a thread's start.
+    """
+    parts = max(1, min(torch.get_num_threads(), n // 4096))
+    if parts == 1:
+        failed = call(0, n)
+    else:
+        bounds = [n * i // parts for i in range(parts + 1)]
+        pool = _pool(parts)
+        failed = max(f.result() for f in [pool.submit(call, a, b) for a, b in pairwise(bounds)])
+    if failed:
+        raise MemoryError(f"{what}: no memory for a {ROWS} x {K} float32 buffer")
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mixem-native")
+
+
+def _rows(tensor: Tensor | None, first: int, row_bytes: int) -> int | None:
+    """Address of row ``first`` of ``tensor`` (None stays None, a NULL for C)."""
+    return None if tensor is None else tensor.data_ptr() + first * row_bytes
+
+
 def row_summary(table: Tensor, logsumexp: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
     """Row maxima, first argmax (int64) and, if asked, logsumexp of ``table`` (n, K); see
     ``handles``."""
     lib = _library()
     assert lib is not None and handles(table)
     n, K = table.shape
+    ld = max(table.stride(0), K)
     top = table.new_empty(n)
     lse = table.new_empty(n) if logsumexp else None
     arg = torch.empty(n, dtype=torch.int64)
-    failed = lib.mixem_row_summary_f32(
-        table.data_ptr(), n, K, max(table.stride(0), K), top.data_ptr(), arg.data_ptr(),
-        None if lse is None else lse.data_ptr(),
-    )  # fmt: skip
-    if failed:
-        raise MemoryError(f"row summary: no memory for a {ROWS} x {K} float32 buffer")
+
+    def call(first: int, stop: int) -> int:
+        return int(
+            lib.mixem_row_summary_f32(
+                _rows(table, first, 4 * ld),
+                stop - first,
+                K,
+                ld,
+                _rows(top, first, 4),
+                _rows(arg, first, 8),
+                _rows(lse, first, 4),
+            )
+        )
+
+    _split_rows(call, n, "row summary", K)
     return top, arg, lse
 
 
@@ -386,15 +427,26 @@ def softmax(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     lib = _library()
     assert lib is not None and handles(table)
     n, K = table.shape
+    ld = max(table.stride(0), K)
     top, lse = table.new_empty(n), table.new_empty(n)
     arg = torch.empty(n, dtype=torch.int64)
     weights = table.new_empty(n, K)
-    failed = lib.mixem_softmax_f32(
-        table.data_ptr(), n, K, max(table.stride(0), K), top.data_ptr(), arg.data_ptr(),
-        lse.data_ptr(), weights.data_ptr(),
-    )  # fmt: skip
-    if failed:
-        raise MemoryError(f"softmax: no memory for a {ROWS} x {K} float32 buffer")
+
+    def call(first: int, stop: int) -> int:
+        return int(
+            lib.mixem_softmax_f32(
+                _rows(table, first, 4 * ld),
+                stop - first,
+                K,
+                ld,
+                _rows(top, first, 4),
+                _rows(arg, first, 8),
+                _rows(lse, first, 4),
+                _rows(weights, first, 4 * K),
+            )
+        )
+
+    _split_rows(call, n, "softmax", K)
     return top, arg, lse, weights
 
 
@@ -404,9 +456,15 @@ def expectation(table: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     lib = _library()
     assert lib is not None and handles(table) and handles(weights) and weights.is_contiguous()
     n, K = table.shape
+    ld = max(table.stride(0), K)
     fit, entropy = table.new_empty(n), table.new_empty(n)
-    lib.mixem_expectation_f32(
-        table.data_ptr(), n, K, max(table.stride(0), K), weights.data_ptr(), fit.data_ptr(),
-        entropy.data_ptr(),
-    )  # fmt: skip
+
+    def call(first: int, stop: int) -> int:
+        lib.mixem_expectation_f32(
+            _rows(table, first, 4 * ld), stop - first, K, ld, _rows(weights, first, 4 * K),
+            _rows(fit, first, 4), _rows(entropy, first, 4),
+        )  # fmt: skip
+        return 0
+
+    _split_rows(call, n, "expectation", K)
     return fit, entropy

@@ -179,3 +179,28 @@ def test_e_step_recycles_a_dead_q_only_when_it_fits():
     hard = e_step(model, Delta(), x, chunk_size=128, recycle=fresh.q)  # (N, 1): no fit
     assert hard.q.weights.data_ptr() != fresh.q.weights.data_ptr()
     assert torch.equal(fresh.q.weights, again.q.weights)  # left alone
+
+
+@needs_native
+def test_native_rows_split_across_threads_give_the_same_answer():
+    """With torch's thread count above 1 the rows go to several threads: bit-identical to one."""
+    g = torch.Generator().manual_seed(5)
+    table = torch.randn(10000, 33, generator=g) * 8.0
+    weights = torch.softmax(table, 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (
+            *native.row_summary(table),
+            *native.softmax(table),
+            *native.expectation(table, weights),
+        )
+        torch.set_num_threads(3)
+        many = (
+            *native.row_summary(table),
+            *native.softmax(table),
+            *native.expectation(table, weights),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
