@@ -25,7 +25,14 @@ from torch.distributions import constraints
 
 from inference.errors import MixemError
 from inference.responsibilities import Responsibilities
-from models.common import init_weights, keep_where_empty, reject_rows, safe_counts, update_weights
+from models.common import (
+    init_weights,
+    keep_where_empty,
+    mixing_prior,
+    reject_rows,
+    safe_counts,
+    update_weights,
+)
 
 PROB_EPS = 1e-6
 
@@ -80,7 +87,7 @@ class BernoulliMixture(PyroModule):
     def forward(self, x: Tensor) -> None:
         """The generative model; ``x`` is (N, D) of 0s and 1s."""
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Categorical(probs=self.weights))
+            z = pyro.sample("z", mixing_prior(self.weights))
             pyro.sample("x", dist.Bernoulli(probs=self.probs[z]).to_event(1), obs=x)
 
     def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:

@@ -28,6 +28,7 @@ from models.common import (
     init_weights,
     is_whole,
     keep_where_empty,
+    mixing_prior,
     reject_rows,
     safe_counts,
     update_weights,
@@ -118,7 +119,7 @@ class CategoricalMixture(PyroModule):
     def forward(self, x: Tensor) -> None:
         """The generative model; ``x`` is (N, D) of category codes."""
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Categorical(probs=self.weights))
+            z = pyro.sample("z", mixing_prior(self.weights))
             pyro.sample("x", dist.Categorical(probs=self.probs[z]).to_event(1), obs=x)
 
     def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:

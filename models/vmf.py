@@ -29,7 +29,14 @@ from torch import Tensor
 
 from inference.errors import MixemError
 from inference.responsibilities import Responsibilities
-from models.common import init_weights, keep_where_empty, reject_rows, safe_counts, update_weights
+from models.common import (
+    init_weights,
+    keep_where_empty,
+    mixing_prior,
+    reject_rows,
+    safe_counts,
+    update_weights,
+)
 from models.vmf_bessel import log_bessel_iv
 
 UNIT_TOL = 1e-6
@@ -162,7 +169,7 @@ class VMFMixture(PyroModule):
         unit = x / x.norm(dim=1, keepdim=True)  # rounding only; validate_data checked the norms
         kappa = self.concentration
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Categorical(probs=self.weights))
+            z = pyro.sample("z", mixing_prior(self.weights))
             component_kappa = kappa if self.shared else kappa[z]
             pyro.sample("x", VonMisesFisher(self.locs[z], component_kappa), obs=unit)
 
