@@ -1,0 +1,244 @@
+/* The fused row reductions of inference/native.py (see its docstring): compiled at first use
+   with the system C compiler, loaded with ctypes. float32 only; rows are independent. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* exp(d) for d in [-87, 0]: 2^m * p(r), r = d - m ln2, |r| <= ln2 / 2 (Cephes expf). Written
+   without branches or calls so that the compiler vectorises the loops it sits in. */
+static inline float exp_clamped(float d) {
+    float m = (d * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = d - m * 0.693359375f;
+    r = r - m * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)m + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* A row whose maximum is not finite, or that holds a NaN: torch's answers, by a scalar loop. */
+static float summarise_odd_row(const float *row, int64_t K, float *top_out, int64_t *arg_out) {
+    float top = -INFINITY;
+    int64_t arg = 0;
+    for (int64_t j = 0; j < K; j++) {
+        if (row[j] != row[j]) { top = row[j]; arg = j; break; }  /* the first NaN wins */
+        if (row[j] > top) { top = row[j]; arg = j; }
+    }
+    *top_out = top;
+    *arg_out = arg;
+    return top;  /* -inf, +inf or NaN: also the row's logsumexp */
+}
+
+#ifdef __AVX2__
+#include <immintrin.h>
+
+/* exp_clamped on 8 lanes. */
+static inline __m256 exp8(__m256 d) {
+    __m256 m = _mm256_round_ps(_mm256_mul_ps(d, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(m, _mm256_set1_ps(0.693359375f), d);
+    r = _mm256_fnmadd_ps(m, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(m), _mm256_set1_epi32(127));
+    e = _mm256_slli_epi32(e, 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+#endif
+
+#ifdef __AVX2__
+/* PACK[mask] moves the lanes set in mask to the front of a vector (AVX2 has no compress). */
+static int32_t PACK[256][8] __attribute__((aligned(32)));
+
+__attribute__((constructor)) static void fill_pack(void) {
+    for (int mask = 0; mask < 256; mask++) {
+        int used = 0;
+        for (int lane = 0; lane < 8; lane++)
+            if (mask >> lane & 1) PACK[mask][used++] = lane;
+        while (used < 8) PACK[mask][used++] = 0;
+    }
+}
+#endif
+
+/* Entries more than `cutoff` below their row's maximum are left out of its sum of exponentials:
+   together they add less than K exp(cutoff) = exp(-18), under half an ulp of a sum that is
+   >= 1. In a well-separated mixture that is most of the table, and exp is the dearest part of
+   the loop. */
+static float skip_cutoff(int64_t K) { return -18.0f - logf((float)K); }
+
+/* Append row[j] - top for the entries within `cutoff` of the maximum to kept (which has room
+   for K + 8 more); returns how many. With AVX2 the entries are packed by a permutation, with no
+   branch per entry (it would mispredict). */
+static inline int64_t pack_near(const float *row, int64_t K, float top, float cutoff,
+                                float *kept) {
+    int64_t count = 0, j = 0;
+#ifdef __AVX2__
+    __m256 vtop = _mm256_set1_ps(top), vnear = _mm256_set1_ps(cutoff);
+    for (; j + 8 <= K; j += 8) {
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(row + j), vtop);
+        int mask = _mm256_movemask_ps(_mm256_cmp_ps(d, vnear, _CMP_GT_OQ));
+        __m256i order = _mm256_load_si256((const __m256i *)PACK[mask]);
+        _mm256_storeu_ps(kept + count, _mm256_permutevar8x32_ps(d, order));
+        count += __builtin_popcount(mask);
+    }
+#endif
+    for (; j < K; j++) {
+        float d = row[j] - top;
+        kept[count] = d;
+        count += d > cutoff;
+    }
+    return count;
+}
+
+/* values[0:count] = exp(max(values, -87)), 8 at a time: independent vectors, so the polynomial's
+   latency overlaps (one row's few entries alone would wait on it). */
+static void exp_in_place(float *values, int64_t count) {
+    int64_t b = 0;
+#ifdef __AVX2__
+    __m256 floor = _mm256_set1_ps(-87.0f);
+    for (; b + 8 <= count; b += 8)
+        _mm256_storeu_ps(values + b, exp8(_mm256_max_ps(_mm256_loadu_ps(values + b), floor)));
+#endif
+    for (; b < count; b++) values[b] = exp_clamped(values[b] < -87.0f ? -87.0f : values[b]);
+}
+
+/* Maxima and first columns of rows, and (lse not NULL) their logsumexp. In groups of ROWS rows:
+   each row's maximum and argmax, its near entries packed into one buffer; one exp over the
+   buffer; each row's sum and log. */
+enum { ROWS = 64 };
+
+static inline float top_and_arg(const float *row, int64_t K, float *top_out, int64_t *arg_out,
+                                int *odd) {
+    float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < K; j++) top = row[j] > top ? row[j] : top;
+    int32_t arg = (int32_t)K, nan = 0;
+    if (top > -INFINITY && top < INFINITY) {
+#pragma omp simd reduction(min : arg) reduction(| : nan)
+        for (int32_t j = 0; j < (int32_t)K; j++) {
+            int32_t here = row[j] == top ? j : (int32_t)K;
+            arg = here < arg ? here : arg;
+            nan |= row[j] != row[j];
+        }
+    }
+    *odd = arg == (int32_t)K || nan;  /* an infinite maximum, or a NaN */
+    if (*odd) return summarise_odd_row(row, K, top_out, arg_out);
+    *top_out = top;
+    *arg_out = arg;
+    return top;
+}
+
+/* Returns 0, or 1 when the buffer could not be allocated. */
+int mixem_row_summary_f32(const float *table, int64_t n, int64_t K, int64_t ld,
+                          float *top, int64_t *arg, float *lse) {
+    int odd;
+    if (!lse) {
+        for (int64_t i = 0; i < n; i++) top_and_arg(table + i * ld, K, top + i, arg + i, &odd);
+        return 0;
+    }
+    float cutoff = skip_cutoff(K);
+    float *kept = malloc(sizeof(float) * (ROWS * K + 8));
+    int64_t start[ROWS + 1];
+    if (!kept) return 1;
+    for (int64_t first = 0; first < n; first += ROWS) {
+        int64_t rows = n - first < ROWS ? n - first : ROWS, count = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t i = first + r;
+            float t = top_and_arg(table + i * ld, K, top + i, arg + i, &odd);
+            start[r] = count;
+            if (odd) lse[i] = t;  /* -inf, +inf or NaN: its own logsumexp */
+            else count += pack_near(table + i * ld, K, t, cutoff, kept + count);
+        }
+        start[rows] = count;
+        exp_in_place(kept, count);
+        for (int64_t r = 0; r < rows; r++) {
+            if (start[r + 1] == start[r]) continue;  /* an odd row: done above */
+            float total = 0.0f;
+            for (int64_t j = start[r]; j < start[r + 1]; j++) total += kept[j];
+            lse[first + r] = top[first + r] + logf(total);
+        }
+    }
+    free(kept);
+    return 0;
+}
+
+/* The same, and weights[i, j] = exp(row[j] - lse[i]) (0 below exp(-87) of the maximum). */
+int mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld,
+                      float *top, int64_t *arg, float *lse, float *weights) {
+    if (mixem_row_summary_f32(table, n, K, ld, top, arg, lse)) return 1;
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = table + i * ld;
+        float *out = weights + i * K;
+        float log_total = lse[i];
+        if (!(log_total > -INFINITY && log_total < INFINITY)) {  /* NaN, as torch.softmax */
+            for (int64_t j = 0; j < K; j++) out[j] = NAN;
+            continue;
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < K; j++) {
+            float d = row[j] - log_total;
+            out[j] = d < -87.0f ? 0.0f : exp_clamped(d > 0.0f ? 0.0f : d);
+        }
+    }
+    return 0;
+}
+
+/* log(q) for a normal float q > 0 (Cephes logf, ~1 ulp), branch-free so that loops vectorise. */
+static inline float log_positive(float q) {
+    int32_t bits;
+    memcpy(&bits, &q, sizeof bits);
+    float e = (float)(((bits >> 23) & 0xff) - 126);
+    bits = (bits & 0x807fffff) | 0x3f000000;  /* the mantissa, in [0.5, 1) */
+    float m;
+    memcpy(&m, &bits, sizeof m);
+    int small = m < 0.707106781186547524f;
+    e = small ? e - 1.0f : e;
+    float x = small ? m + m - 1.0f : m - 1.0f;
+    float z = x * x;
+    float y = 7.0376836292e-2f;
+    y = y * x - 1.1514610310e-1f;
+    y = y * x + 1.1676998740e-1f;
+    y = y * x - 1.2420140846e-1f;
+    y = y * x + 1.4249322787e-1f;
+    y = y * x - 1.6668057665e-1f;
+    y = y * x + 2.0000714765e-1f;
+    y = y * x - 2.4999993993e-1f;
+    y = y * x + 3.3333331174e-1f;
+    y = y * x * z;
+    y += -2.12194440e-4f * e;
+    y += -0.5f * z;
+    return x + y + 0.693359375f * e;
+}
+
+/* fit[i] = sum_j q[i, j] table[i, j] and entropy[i] = -sum_j q[i, j] log q[i, j], in one pass;
+   a weight of 0 contributes nothing (also against a -inf entry), and so does one below 1e-30
+   to the entropy (q log q > -1e-28 there: nothing, and below float's normal range). */
+void mixem_expectation_f32(const float *table, int64_t n, int64_t K, int64_t ld,
+                           const float *weights, float *fit, float *entropy) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = table + i * ld, *q = weights + i * K;
+        float f = 0.0f, h = 0.0f;
+#pragma omp simd reduction(+ : f, h)
+        for (int64_t j = 0; j < K; j++) {
+            f += q[j] > 0.0f ? q[j] * row[j] : 0.0f;
+            h -= q[j] > 1e-30f ? q[j] * log_positive(q[j]) : 0.0f;
+        }
+        fit[i] = f;
+        entropy[i] = h;
+    }
+}
