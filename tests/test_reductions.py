@@ -204,3 +204,13 @@ def test_native_rows_split_across_threads_give_the_same_answer():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
+
+
+@needs_native
+def test_native_empty_and_single_column_tables():
+    empty = torch.empty(0, 5)
+    top, arg, lse = native.row_summary(empty)
+    assert top.shape == arg.shape == lse.shape == (0,)
+    column = torch.randn(7, 1)
+    check_summary(column, *native.row_summary(column))
+    assert torch.equal(native.softmax(column)[3], torch.ones(7, 1))
