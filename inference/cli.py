@@ -36,7 +36,7 @@ from inference.scale import (
     start_workers,
     stop_workers,
 )
-from inference.trace import csv_text, json_text, plot_traces, to_rows
+from inference.trace import csv_text, format_evidence, json_text, plot_traces, to_rows
 from inference.validation import check_data
 
 
@@ -355,9 +355,10 @@ def run_fit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return flag.exit_code
+    evidence = format_evidence(last.log_evidence)
     print(
         f"{args.model} / {args.guide}: {result.n_iter} M-steps, {result.stop_reason}; "
-        f"ELBO {last.elbo:.6g}, log evidence {last.log_evidence:.6g} -> {args.out}"
+        f"ELBO {last.elbo:.6g}, log evidence {evidence} -> {args.out}"
     )
     return 0
 

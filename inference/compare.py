@@ -23,7 +23,7 @@ from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
 from inference.guides import GuideFamily, Schedule, parse_schedule
 from inference.outputs import write_json, write_plot, write_text
-from inference.trace import TraceRecord, csv_text, plot_traces, to_rows
+from inference.trace import TraceRecord, csv_text, format_evidence, plot_traces, to_rows
 
 GuideSpec = str | GuideFamily | Schedule
 
@@ -168,7 +168,7 @@ def write_compare_outputs(
     write_json(out / "summary.json", {"status": "completed", **run_info, "guides": final})
     lines = [
         f"{label}: {v['n_iter']} M-steps, {v['stop_reason']}; ELBO {v['elbo']:.6g}, "
-        f"log evidence {v['log_evidence']:.6g}"
+        f"log evidence {format_evidence(v['log_evidence'])}"
         for label, v in final.items()
     ]
     return [*lines, f"-> {out}"]

@@ -12,6 +12,7 @@ the last record and the returned model agree.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -160,8 +161,12 @@ def mean_feature_variance(
     return float(reducer.sum(torch.as_tensor(squares)).mean() / n_total)
 
 
-def _check_finite(est: EStep, iteration: int, trace: list[TraceRecord]) -> None:
-    if not (torch.isfinite(torch.tensor([est.elbo, est.log_evidence])).all()):
+def _check_finite(
+    est: EStep, iteration: int, trace: list[TraceRecord], searched: bool = False
+) -> None:
+    # a truncated search has no log evidence (NaN) except on its full passes
+    evidence = [] if searched and math.isnan(est.log_evidence) else [est.log_evidence]
+    if not (torch.isfinite(torch.tensor([est.elbo, *evidence])).all()):
         raise NonFiniteError(
             f"the ELBO is not finite at iteration {iteration} (elbo={est.elbo}, "
             f"log_evidence={est.log_evidence}); the trace up to iteration {iteration - 1} is kept",
@@ -265,9 +270,14 @@ def fit(
         _check_params(after, n_iter, trace)
         shift = squared_shift(before, after)
         family = family_at(n_iter)
-        # the last q is dead once the M-step has used it: the new one may take its memory
-        previous, est = est, e_step(model, family, x, chunk_size, reducer, recycle=est.q)
-        _check_finite(est, n_iter, trace)
+        previous = est
+        search = getattr(family, "search", None)
+        if search is not None and family == family_at(n_iter - 1):
+            # a truncated family searches from the last E-step's q (inference.truncated)
+            est = search(model, x, previous, n_iter, chunk_size, reducer)
+        else:  # the last q is dead once the M-step used it: the new one may take its memory
+            est = e_step(model, family, x, chunk_size, reducer, recycle=previous.q)
+        _check_finite(est, n_iter, trace, searched=search is not None)
         n_changed = int(reducer.sum((est.labels != previous.labels).sum()))
         trace.append(_record(n_iter, est, n_changed, n_relocated, started))
         if callback:

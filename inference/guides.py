@@ -61,7 +61,10 @@ class GuideFamily(Protocol):
         ...
 
 
-GUIDE_SYNTAX = "delta, categorical, tempered:T (T > 0), topk:k (1 <= k <= K), sampled[:SEED]"
+GUIDE_SYNTAX = (
+    "delta, categorical, tempered:T (T > 0), topk:k (1 <= k <= K), topk:k:G (truncated search "
+    "of G neighbours, G >= 0), sampled[:SEED]"
+)
 FAMILIES = ("delta", "categorical", "tempered:T", "topk:k", "sampled")
 
 Schedule = Callable[[int], GuideFamily]
@@ -101,12 +104,23 @@ def _tempered(spec: str) -> Tempered:
     return Tempered(value)
 
 
-def _topk(spec: str, n_components: int) -> TopK:
-    allowed = f"topk:k with k an integer, 1 <= k <= K = {n_components}"
-    value = _parse_int(_argument(spec, "k", allowed))
+def _topk(spec: str, n_components: int) -> GuideFamily:
+    allowed = (
+        f"topk:k or topk:k:G with k an integer, 1 <= k <= K = {n_components}, and G an "
+        "integer >= 0 (the neighbours a truncated search visits around each kept component)"
+    )
+    k_text, _, g_text = _argument(spec, "k", allowed).partition(":")
+    value = _parse_int(k_text)
     if value is None or not (1 <= value <= n_components):
         raise MixemError(f"bad guide {spec!r}: {allowed}")
-    return TopK(value)
+    if not g_text:
+        return TopK(value)
+    neighbours = _parse_int(g_text)
+    if neighbours is None or neighbours < 0:
+        raise MixemError(f"bad guide {spec!r}: {allowed}")
+    from inference.truncated import TruncatedTopK  # it builds on the EM loop, which imports us
+
+    return TruncatedTopK(value, neighbours)
 
 
 def _sampled(spec: str, seed: int) -> Sampled:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -47,7 +48,18 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=1) + "\n")
+    """``obj`` as JSON; NaN and infinities become null (Python's ``NaN`` is not JSON)."""
+    write_text(path, json.dumps(_finite_or_none(obj), indent=1, allow_nan=False) + "\n")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _finite_or_none(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(value) for value in obj]
+    return obj
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:

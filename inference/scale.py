@@ -79,6 +79,10 @@ def check_scale_options(args: argparse.Namespace) -> None:
         # every worker would draw from the same seeded stream: valid stochastic EM, but not the
         # single-process fit that --distributed promises
         raise MixemError("--guide sampled is not supported with --distributed; use one process")
+    guide = getattr(args, "guide", "") or ""
+    if guide.startswith("topk:") and guide.count(":") == 2 and (args.stream or args.batch_size):
+        # the truncated search indexes the rows of the whole data at every E-step
+        raise MixemError(f"--guide {guide} searches data in memory: drop --stream and --batch-size")
     if args.stream and not args.data.endswith(".npy"):
         raise MixemError(f"--stream reads .npy files only, got {args.data!r}")
     try:

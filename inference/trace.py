@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -90,3 +91,9 @@ def plot_traces(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def format_evidence(value: float) -> str:
+    """A record's log evidence for a message; a truncated search (``topk:k:G``) computes none
+    after its first E-step (NaN)."""
+    return "not computed" if math.isnan(value) else f"{value:.6g}"

@@ -7,6 +7,10 @@ log p(x_i, z_i = c) for c in S_i only (m = k (G + 1) entries, duplicates include
 tracing the Pyro model with ``"z"`` conditioned on the (m, n) candidates, keeps the k largest
 and sets q_i to the renormalised posterior on them, as ``TopK`` does on the full table.
 
+``TruncatedTopK(k, G)`` is a guide family (``--guide topk:k:G``): its ``e_step`` is the full
+``TopK(k)`` one, which ``inference.em.fit`` runs first, and its ``search`` the truncated one,
+which the loop runs instead of a full E-step after that. ``fit_truncated`` is a shorthand.
+
 The ELBO, sum_i log sum_{c in K_i} p(x_i, c), never decreases (up to rounding) while no empty
 component is refilled: S_i contains the old K_i, and the M-step raises it over theta. A refill
 (``n_relocated > 0``) moves points by hand and may lower it. The log evidence needs all K
@@ -16,8 +20,7 @@ full pass, timed with its iteration); NaN in the other records, as is the KL gap
 
 from __future__ import annotations
 
-import functools
-import time
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,21 +32,14 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from inference import workspace
+from inference.distributed import LOCAL, Reducer
 from inference.elbo import log_evidence_from_table
-from inference.em import (
-    EStep,
-    FitResult,
-    check_rows,
-    choose_m_step,
-    e_step,
-    mean_feature_variance,
-)
+from inference.em import EStep, FitResult, e_step, fit
 from inference.enumerate import ASSIGNMENT_SITE as SITE
 from inference.enumerate import DATA_PLATE as PLATE
 from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params, iter_log_joint
-from inference.errors import MixemError, NonFiniteError
+from inference.errors import MixemError
 from inference.guides import TopK
-from inference.params import get_params, squared_shift
 from inference.responsibilities import Responsibilities
 from inference.trace import TraceRecord
 
@@ -65,19 +61,55 @@ class TruncatedTopK:
 
     k: int
     neighbours: int
+    evidence_every: int = 0
+    chunk_rows: int = 65536
 
     def __post_init__(self) -> None:
         if not _is_count(self.k, 1):
             raise MixemError(f"truncated topk needs an integer k >= 1, got k={self.k!r}")
         if not _is_count(self.neighbours, 0):
             raise MixemError(f"truncated topk needs neighbours G >= 0, got {self.neighbours!r}")
+        if not _is_count(self.evidence_every, 0) or not _is_count(self.chunk_rows, 1):
+            raise MixemError(
+                f"truncated topk needs evidence_every >= 0 and chunk_rows >= 1, got "
+                f"{self.evidence_every!r} and {self.chunk_rows!r}"
+            )
 
     hard = property(lambda self: self.k == 1)  # as TopK: k = 1 is a one-hot q
 
-    def check(self, n_components: int) -> None:
-        """Reject k > K (the number of components of the model)."""
-        if self.k > n_components:
-            raise MixemError(f"truncated topk needs k <= K = {n_components}, got k={self.k}")
+    @property
+    def name(self) -> str:
+        return f"topk:{self.k}:{self.neighbours}"
+
+    def e_step(self, log_joint: Tensor) -> Responsibilities:
+        """The full E-step (the fit's first): ``TopK(k)`` on the whole table (n, K)."""
+        return TopK(self.k).e_step(log_joint)
+
+    def search(
+        self,
+        model: Any,
+        x: Tensor,
+        previous: EStep,
+        iteration: int,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        reducer: Reducer = LOCAL,
+    ) -> EStep:
+        """The truncated E-step ``inference.em.fit`` runs after the first: from ``previous``'s
+        candidate sets over ``x`` (N, D); its log evidence is NaN unless ``iteration`` is a
+        multiple of ``evidence_every`` (then one full pass of ``chunk_size`` rows computes it).
+        ELBO and log evidence are totals over the workers of ``reducer``."""
+        if not isinstance(x, Tensor):
+            raise MixemError(
+                f"{self.name} searches data held in memory; drop --stream (or use topk:{self.k})"
+            )
+        assert previous.q.indices is not None
+        est = truncated_e_step(self, model, x, previous.q.indices, self.chunk_rows)
+        evidence = math.nan
+        if self.evidence_every and iteration % self.evidence_every == 0:
+            tables = iter_log_joint(model, x, chunk_size, reuse=True)
+            evidence = sum(float(log_evidence_from_table(table)) for _, table in tables)
+        totals = reducer.sum(torch.tensor([est.elbo, evidence], dtype=torch.float64))
+        return est._replace(elbo=float(totals[0]), log_evidence=float(totals[1]))
 
     def neighbourhoods(self, model: Any, indices: Tensor) -> Tensor:
         """(K, G) the G = min(G, K - 1) clusters nearest each (itself excluded), by distance
@@ -202,19 +234,6 @@ def truncated_e_step(
     return EStep(q, indices[:, 0], point_fit, elbo, float("nan"))
 
 
-def _record(
-    trace: list[TraceRecord], est: EStep, counts: tuple[int, int], began: float, callback: Any
-) -> None:
-    """Append the next record (KL gap NaN where the log evidence is); a NaN ELBO is an error."""
-    iteration = len(trace)
-    if not torch.isfinite(torch.tensor(est.elbo)):
-        raise NonFiniteError(f"the ELBO is not finite at iteration {iteration}", trace)
-    gap, seconds = est.log_evidence - est.elbo, time.perf_counter() - began
-    trace.append(TraceRecord(iteration, est.elbo, est.log_evidence, gap, *counts, seconds))
-    if callback:
-        callback(trace[-1])
-
-
 def fit_truncated(
     model: Any,
     x: Tensor,
@@ -247,39 +266,14 @@ def fit_truncated(
         evidence_every: a full pass for the log evidence every so many iterations (0: only at
             iteration 0); the records in between have NaN log evidence and KL gap.
     """
-    family = TruncatedTopK(k, neighbours)
-    n_total = check_rows(model, x, chunk_size)
-    family.check(int(model.n_components))
-    if max_iter < 0 or tol < 0 or not _is_count(evidence_every, 0) or truncated_chunk_size < 1:
-        raise MixemError("max_iter, tol, evidence_every >= 0 and truncated_chunk_size >= 1")
-    do_m_step = choose_m_step(model, m_step, chunk_size)  # type: ignore[arg-type]
-    shift_tol = functools.cache(lambda: tol * mean_feature_variance(x, n_total, chunk_size))
-    began = time.perf_counter()
-    est = full_e_step(k, model, x, chunk_size)
-    trace: list[TraceRecord] = []
-    _record(trace, est, (n_total, 0), began, callback)
-    reason, n_iter = "max_iter", 0
-    while n_iter < max_iter:
-        began = time.perf_counter()
-        before = get_params(model)
-        n_relocated = do_m_step(model, x, est)
-        n_iter += 1
-        shift = squared_shift(before, get_params(model))
-        assert est.q.indices is not None
-        previous, est = est, truncated_e_step(family, model, x, est.q.indices, truncated_chunk_size)
-        if evidence_every and n_iter % evidence_every == 0:
-            tables = iter_log_joint(model, x, chunk_size, reuse=True)
-            evidence = sum(float(log_evidence_from_table(table)) for _, table in tables)
-            est = est._replace(log_evidence=evidence)
-        n_changed = int((est.labels != previous.labels).sum())
-        _record(trace, est, (n_changed, n_relocated), began, callback)
-        if family.hard and shift <= shift_tol():
-            reason = "parameter shift below tol"
-        elif family.hard and n_changed == 0 and (n_relocated == 0 or est.elbo <= previous.elbo):
-            reason = "assignments unchanged"  # as inference.em.fit: a refill would only cycle
-        elif not family.hard and tol > 0 and abs(est.elbo - previous.elbo) / n_total < tol:
-            reason = "ELBO change below tol"
-        else:
-            continue
-        break
-    return FitResult(model, est.labels, est.q, trace, n_iter, reason != "max_iter", reason)
+    family = TruncatedTopK(k, neighbours, evidence_every, truncated_chunk_size)
+    return fit(
+        model,
+        x,
+        family,
+        max_iter=max_iter,
+        tol=tol,
+        chunk_size=chunk_size,
+        m_step=m_step,  # type: ignore[arg-type]
+        callback=callback,
+    )

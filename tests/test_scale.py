@@ -198,6 +198,7 @@ def test_streamed_fit_peak_memory_stays_far_below_the_file(tmp_path, stream):
         (["--device", "nonsense"], "unknown --device"),
         (["--batch-size", "10", "--passes", "inf"], "finite number > 0"),
         (["--distributed", "--guide", "sampled"], "not supported with --distributed"),
+        (["--guide", "topk:2:1", "--batch-size", "10"], "searches data in memory"),
     ],
 )
 def test_bad_scale_options_are_one_line_errors(tmp_path, capsys, extra, message):

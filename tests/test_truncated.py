@@ -177,3 +177,37 @@ def test_bad_loop_settings_are_rejected():
     x = blobs(50, 5, 2, seed=0)
     with pytest.raises(MixemError, match="evidence_every"):
         fit_truncated(RestrictedGMM(start(x, 5)), x, 1, 2, evidence_every=-1)
+
+
+def test_guide_spec_topk_k_g_is_the_truncated_family():
+    from inference.guides import parse_guide
+
+    family = parse_guide("topk:2:3", 8)
+    assert family == TruncatedTopK(2, 3) and family.name == "topk:2:3" and not family.hard
+    assert parse_guide("topk:1:0", 8).hard
+    for bad in ("topk:2:x", "topk:2:-1", "topk:9:1", "topk::2"):
+        with pytest.raises(MixemError, match="topk:k or topk:k:G"):
+            parse_guide(bad, 8)
+
+
+def test_cli_fit_with_a_truncated_guide(tmp_path, capsys):
+    """`mixem fit --guide topk:k:G`: the records after the first have no log evidence, written
+    as null (JSON) and said as such; G = K - 1 gives the topk:k fit."""
+    import json
+
+    from inference.cli import main
+
+    def fit(guide: str, out: str) -> dict:
+        args = ["fit", "--model", "restricted-gmm", "--guide", guide, "--k", "6"]
+        assert (
+            main([*args, "--data", "builtin:blobs", "--out", str(tmp_path / out), "--quiet"]) == 0
+        )
+        return json.loads((tmp_path / out / "summary.json").read_text())
+
+    truncated, full = fit("topk:2:5", "t"), fit("topk:2", "f")
+    assert "log evidence not computed" in capsys.readouterr().out
+    assert truncated["log_evidence"] is None and full["log_evidence"] is not None
+    assert truncated["elbo"] == pytest.approx(full["elbo"], rel=1e-12)
+    assert truncated["n_iter"] == full["n_iter"]
+    trace = json.loads((tmp_path / "t" / "trace.json").read_text())
+    assert trace[0]["log_evidence"] is not None and trace[1]["log_evidence"] is None
