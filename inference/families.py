@@ -152,7 +152,8 @@ def _top_indices(log_joint: Tensor, k: int) -> Tensor:
     """
     top, indices = torch.topk(log_joint, min(k + 1, log_joint.shape[1]), dim=1)
     indices = indices[:, :k]
-    ties = (top[:, 1:] == top[:, :-1]).any(1)
+    # NaN != NaN: a row with NaN among them is sorted too (torch.sort puts NaN first, stably)
+    ties = (top[:, 1:] == top[:, :-1]).any(1) | top.isnan().any(1)
     if bool(ties.any()):
         order = torch.sort(log_joint[ties], dim=1, descending=True, stable=True).indices
         indices[ties] = order[:, :k]

@@ -116,12 +116,15 @@ def available() -> bool:
 def handles(table: Tensor) -> bool:
     """True when ``table`` can go through the C kernels: a float32 CPU (n, K) tensor whose rows
     are contiguous, and the kernels are available."""
+    if table.dtype != torch.float32 or table.device.type != "cpu" or table.dim() != 2:
+        return False
+    n, K = table.shape
+    # the C loops read row i at i * stride(0), its K entries one after another: rows that
+    # overlap (a broadcast, stride 0) or strided columns would be read wrongly
     return (
-        table.dtype == torch.float32
-        and table.device.type == "cpu"
-        and table.dim() == 2
-        and table.shape[1] > 0
-        and (table.shape[0] <= 1 or table.stride(1) == 1)
+        K > 0
+        and (K == 1 or table.stride(1) == 1)
+        and (n <= 1 or table.stride(0) >= K)
         and not table.requires_grad
         and available()
     )

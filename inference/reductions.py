@@ -51,6 +51,8 @@ _last: tuple[weakref.ref, int, RowSummary] | None = None
 
 def remembered_summary(table: Tensor) -> RowSummary | None:
     """The summary ``row_summary`` last gave for this very tensor, unless it changed since."""
+    if table.is_inference():  # inference-mode tensors keep no version: nothing is remembered
+        return None
     if _last is not None and _last[0]() is table and _last[1] == table._version:
         return _last[2]
     return None
@@ -58,7 +60,8 @@ def remembered_summary(table: Tensor) -> RowSummary | None:
 
 def _remember(table: Tensor, summary: RowSummary) -> RowSummary:
     global _last
-    _last = (weakref.ref(table), table._version, summary)
+    if not table.is_inference():
+        _last = (weakref.ref(table), table._version, summary)
     return summary
 
 
@@ -113,7 +116,10 @@ def eager_max_rows(table: Tensor) -> tuple[Tensor, Tensor]:
     hits = torch.ge(table, values, out=workspace.temporary("max_rows", table))
     rank = torch.arange(K, 0, -1, dtype=table.dtype, device=table.device)  # K .. 1
     first = hits.mul_(rank).amax(1)  # K - index of the first maximum
-    indices = (K - first).long().clamp_(0, K - 1)  # clamp: a NaN row has no hit at all
+    indices = (K - first).long().clamp_(0, K - 1)
+    nan_rows = values[:, 0].isnan()
+    if bool(nan_rows.any()):  # a NaN row has no hit at all: its first NaN, as torch.argmax
+        indices[nan_rows] = table[nan_rows].isnan().to(table.dtype).argmax(1)
     return values[:, 0], indices
 
 

@@ -143,9 +143,11 @@ static inline float top_and_arg(const float *row, int64_t K, float *top_out, int
     return top;
 }
 
-/* Returns 0, or 1 when the buffer could not be allocated. */
-int mixem_row_summary_f32(const float *table, int64_t n, int64_t K, int64_t ld,
-                          float *top, int64_t *arg, float *lse) {
+/* Maxima, first columns and (lse not NULL) logsumexp of n rows; totals (not NULL) receives each
+   row's sum of exp(row[j] - top), the softmax's denominator. Returns 0, or 1 when the buffer
+   could not be allocated. The sums run in double: K terms in float would lose log2(K) bits. */
+static int summarise(const float *table, int64_t n, int64_t K, int64_t ld, float *top,
+                     int64_t *arg, float *lse, float *totals) {
     int odd;
     if (!lse) {
         for (int64_t i = 0; i < n; i++) top_and_arg(table + i * ld, K, top + i, arg + i, &odd);
@@ -168,33 +170,47 @@ int mixem_row_summary_f32(const float *table, int64_t n, int64_t K, int64_t ld,
         exp_in_place(kept, count);
         for (int64_t r = 0; r < rows; r++) {
             if (start[r + 1] == start[r]) continue;  /* an odd row: done above */
-            float total = 0.0f;
+            double total = 0.0;
             for (int64_t j = start[r]; j < start[r + 1]; j++) total += kept[j];
-            lse[first + r] = top[first + r] + logf(total);
+            lse[first + r] = top[first + r] + (float)log(total);
+            if (totals) totals[first + r] = (float)total;
         }
     }
     free(kept);
     return 0;
 }
 
-/* The same, and weights[i, j] = exp(row[j] - lse[i]) (0 below exp(-87) of the maximum). */
+/* lse may be NULL: maxima and first columns only. Returns 0, or 1 when out of memory. */
+int mixem_row_summary_f32(const float *table, int64_t n, int64_t K, int64_t ld,
+                          float *top, int64_t *arg, float *lse) {
+    return summarise(table, n, K, ld, top, arg, lse, NULL);
+}
+
+/* The same, and weights[i, j] = exp(row[j] - top[i]) / total[i] (0 below exp(-87) of the
+   maximum), as torch.softmax: relative to the maximum, so the rounding of a large logsumexp
+   never enters a weight. */
 int mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld,
                       float *top, int64_t *arg, float *lse, float *weights) {
-    if (mixem_row_summary_f32(table, n, K, ld, top, arg, lse)) return 1;
+    float *totals = malloc(sizeof(float) * (n > 0 ? n : 1));
+    if (!totals || summarise(table, n, K, ld, top, arg, lse, totals)) {
+        free(totals);
+        return 1;
+    }
     for (int64_t i = 0; i < n; i++) {
         const float *row = table + i * ld;
         float *out = weights + i * K;
-        float log_total = lse[i];
-        if (!(log_total > -INFINITY && log_total < INFINITY)) {  /* NaN, as torch.softmax */
+        if (!(lse[i] > -INFINITY && lse[i] < INFINITY)) {  /* NaN, as torch.softmax */
             for (int64_t j = 0; j < K; j++) out[j] = NAN;
             continue;
         }
+        float peak = top[i], scale = 1.0f / totals[i];
 #pragma omp simd
         for (int64_t j = 0; j < K; j++) {
-            float d = row[j] - log_total;
-            out[j] = d < -87.0f ? 0.0f : exp_clamped(d > 0.0f ? 0.0f : d);
+            float d = row[j] - peak;
+            out[j] = d < -87.0f ? 0.0f : exp_clamped(d) * scale;
         }
     }
+    free(totals);
     return 0;
 }
 

@@ -158,7 +158,9 @@ def resume_fit(
     """Continue a fit whose ``model`` holds the checkpoint's params of iteration t.
 
     The loop restarts with the E-step under theta_t, which reproduces record t, so that record
-    is dropped and the new ones are renumbered t + 1, ...; a schedule is shifted by t.
+    is dropped and the new ones are renumbered t + 1, ...; a schedule is shifted by t. Not for a
+    truncated family (``topk:k:G``): its first E-step is a full one, not the search from the
+    candidate sets of iteration t - 1 (not saved), so the fit continues from a different q.
 
     Args:
         x: (N, D) the same data. max_iter: the total M-steps, counting the t already done.

@@ -231,7 +231,8 @@ def truncated_e_step(
             weights[rows], indices[rows], elbo = w.T, ids.T, elbo + part
     q = Responsibilities(weights, indices)
     # labels: the first column, the largest (ties to the lowest id, as q.labels() but cheaper)
-    return EStep(q, indices[:, 0], point_fit, elbo, float("nan"))
+    # a copy: the EM loop may hand q's memory to a later E-step, and these labels must outlive it
+    return EStep(q, indices[:, 0].clone(), point_fit, elbo, float("nan"))
 
 
 def fit_truncated(

@@ -95,7 +95,10 @@ def test_topk_equals_a_stable_sort_with_many_ties(k):
     """topk is taken by torch.topk with the tied rows sorted stably: the same indices as a
     stable sort of every row, on a table full of ties and on one with none."""
     g = torch.Generator().manual_seed(k)
-    for table in (torch.randint(0, 4, (300, 9), generator=g).double(), torch.randn(300, 9)):
+    with_nans = torch.randn(300, 9, generator=g)
+    with_nans[torch.rand(300, 9, generator=g) < 0.2] = float("nan")  # NaN != NaN: still tied
+    tables = (torch.randint(0, 4, (300, 9), generator=g).double(), torch.randn(300, 9), with_nans)
+    for table in tables:
         expected = torch.sort(table, dim=1, descending=True, stable=True).indices[:, :k]
         assert torch.equal(TopK(k).e_step(table).indices, expected)
 

@@ -214,3 +214,44 @@ def test_native_empty_and_single_column_tables():
     column = torch.randn(7, 1)
     check_summary(column, *native.row_summary(column))
     assert torch.equal(native.softmax(column)[3], torch.ones(7, 1))
+
+
+@needs_native
+def test_native_softmax_stays_normalised_far_from_zero():
+    """Weights are exp(row - max) / sum, as torch's: the rounding of a logsumexp of 1e6 never
+    enters them, so rows sum to 1 to float32 rounding wherever the table sits."""
+    g = torch.Generator().manual_seed(6)
+    for offset in (1e2, 1e4, 1e6):
+        table = torch.randn(2000, 8, generator=g) - offset
+        weights = native.softmax(table)[3]
+        torch.testing.assert_close(weights.sum(1), torch.ones(2000), rtol=0, atol=5e-7)
+        torch.testing.assert_close(weights, torch.softmax(table, 1), rtol=1e-5, atol=5e-7)
+    tied = torch.full((2, 2), 1e30)
+    assert torch.equal(native.softmax(tied)[3], torch.full((2, 2), 0.5))
+
+
+@needs_native
+def test_layouts_the_c_loops_cannot_read_go_to_torch():
+    assert not native.handles(torch.randn(1, 10)[:, ::2])  # one row, strided columns
+    assert not native.handles(torch.randn(1, 5).expand(4, 5))  # rows overlapping (stride 0)
+    assert native.handles(torch.randn(3, 1)[:, :1]) and native.handles(torch.randn(1, 5))
+    strided = torch.randn(1, 10)[:, ::2]
+    torch.testing.assert_close(reductions.softmax_rows(strided), torch.softmax(strided, 1))
+
+
+def test_e_step_under_inference_mode():
+    """Inference-mode tensors keep no version counter: the remembered summary is skipped."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(400, 2, generator=g)
+    model = RestrictedGMM(x[:3].clone())
+    plain = e_step(model, Delta(), x)
+    with torch.inference_mode():
+        inside = e_step(model, Delta(), x)
+    assert torch.equal(plain.labels, inside.labels) and plain.elbo == inside.elbo
+
+
+def test_eager_argmax_of_a_nan_row_is_its_first_nan():
+    table = torch.tensor(
+        [[1.0, math.nan, 3.0, math.nan], [0.0, 2.0, 2.0, 1.0]], dtype=torch.float64
+    )
+    assert reductions.eager_max_rows(table)[1].tolist() == [1, 1]

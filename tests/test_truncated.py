@@ -211,3 +211,17 @@ def test_cli_fit_with_a_truncated_guide(tmp_path, capsys):
     assert truncated["n_iter"] == full["n_iter"]
     trace = json.loads((tmp_path / "t" / "trace.json").read_text())
     assert trace[0]["log_evidence"] is not None and trace[1]["log_evidence"] is None
+
+
+def test_switching_from_a_search_to_a_full_e_step_counts_changed_labels():
+    """A schedule from topk:2:1 to topk:2: the full E-step takes over the search's q memory;
+    the labels the search returned must survive it, or n_changed would read 0."""
+    x = blobs(600, 2, 6, seed=3)
+    schedule = lambda t: TruncatedTopK(2, 1) if t < 3 else TopK(2)  # noqa: E731
+
+    def labels_after(m_steps: int) -> torch.Tensor:
+        return fit(RestrictedGMM(start(x, 6)), x, schedule, max_iter=m_steps, tol=0.0).labels
+
+    switched = fit(RestrictedGMM(start(x, 6)), x, schedule, max_iter=3, tol=0.0)
+    expected = int((labels_after(2) != labels_after(3)).sum())
+    assert switched.trace[3].n_changed == expected
