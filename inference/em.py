@@ -232,7 +232,8 @@ def fit(
             ``iteration -> family`` (e.g. ``Anneal``) giving the family of each E-step.
         chunk_size: rows per enumerated trace (bounds memory by chunk_size x K).
         m_step: "auto" (closed form if the model has one), "closed", "gradient", or a function
-            ``(model, x, estep) -> n_relocated``.
+            ``(model, x, estep) -> n_relocated``; ``estep.q``'s memory is reused by the next
+            E-step, so a function that keeps q beyond its call must keep a copy.
         callback: called with each record as soon as it is taken.
         should_stop: asked before each M-step (after the previous iteration's criteria); True
             ends the fit there with ``stop_reason="interrupted"``, the model, labels and trace
