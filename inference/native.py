@@ -105,6 +105,7 @@ def _library() -> ctypes.CDLL | None:
     lib.mixem_row_summary_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
     lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 4]
     lib.mixem_expectation_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
+    lib.mixem_expectation_f32.restype = None
     return lib
 
 
@@ -158,77 +159,46 @@ def _rows(tensor: Tensor | None, first: int, row_bytes: int) -> int | None:
     return None if tensor is None else tensor.data_ptr() + first * row_bytes
 
 
+def _run(name: str, table: Tensor, per_row: list[tuple[Tensor | None, int]]) -> None:
+    """Call ``mixem_<name>_f32(table, n, K, ld, *pointers)`` over ``table``'s rows (split over
+    threads); ``per_row`` gives the other arrays with their bytes per row (None: NULL)."""
+    lib = _library()
+    assert lib is not None and handles(table)
+    function = getattr(lib, f"mixem_{name}_f32")
+    n, K = table.shape
+    ld = max(table.stride(0), K)
+
+    def call(first: int, stop: int) -> int:
+        pointers = [_rows(tensor, first, size) for tensor, size in per_row]
+        return int(function(_rows(table, first, 4 * ld), stop - first, K, ld, *pointers) or 0)
+
+    _split_rows(call, n, name, K)
+
+
 def row_summary(table: Tensor, logsumexp: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
     """Row maxima, first argmax (int64) and, if asked, logsumexp of ``table`` (n, K); see
     ``handles``."""
-    lib = _library()
-    assert lib is not None and handles(table)
-    n, K = table.shape
-    ld = max(table.stride(0), K)
-    top = table.new_empty(n)
-    lse = table.new_empty(n) if logsumexp else None
+    n = table.shape[0]
+    top, lse = table.new_empty(n), table.new_empty(n) if logsumexp else None
     arg = torch.empty(n, dtype=torch.int64)
-
-    def call(first: int, stop: int) -> int:
-        return int(
-            lib.mixem_row_summary_f32(
-                _rows(table, first, 4 * ld),
-                stop - first,
-                K,
-                ld,
-                _rows(top, first, 4),
-                _rows(arg, first, 8),
-                _rows(lse, first, 4),
-            )
-        )
-
-    _split_rows(call, n, "row summary", K)
+    _run("row_summary", table, [(top, 4), (arg, 8), (lse, 4)])
     return top, arg, lse
 
 
 def softmax(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``row_summary`` and the (n, K) contiguous weights exp(table - logsumexp)."""
-    lib = _library()
-    assert lib is not None and handles(table)
+    """``row_summary`` and the (n, K) contiguous weights, softmax of each row."""
     n, K = table.shape
-    ld = max(table.stride(0), K)
-    top, lse = table.new_empty(n), table.new_empty(n)
+    top, lse, weights = table.new_empty(n), table.new_empty(n), table.new_empty(n, K)
     arg = torch.empty(n, dtype=torch.int64)
-    weights = table.new_empty(n, K)
-
-    def call(first: int, stop: int) -> int:
-        return int(
-            lib.mixem_softmax_f32(
-                _rows(table, first, 4 * ld),
-                stop - first,
-                K,
-                ld,
-                _rows(top, first, 4),
-                _rows(arg, first, 8),
-                _rows(lse, first, 4),
-                _rows(weights, first, 4 * K),
-            )
-        )
-
-    _split_rows(call, n, "softmax", K)
+    _run("softmax", table, [(top, 4), (arg, 8), (lse, 4), (weights, 4 * K)])
     return top, arg, lse, weights
 
 
 def expectation(table: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     """(n,) sum_c q_ic table_ic and (n,) entropy -sum_c q_ic log q_ic, for ``table`` (n, K) (see
     ``handles``) and contiguous float32 ``weights`` (n, K)."""
-    lib = _library()
-    assert lib is not None and handles(table) and handles(weights) and weights.is_contiguous()
+    assert handles(weights) and weights.is_contiguous() and weights.shape == table.shape
     n, K = table.shape
-    ld = max(table.stride(0), K)
     fit, entropy = table.new_empty(n), table.new_empty(n)
-
-    def call(first: int, stop: int) -> int:
-        lib.mixem_expectation_f32(
-            _rows(table, first, 4 * ld), stop - first, K, ld, _rows(weights, first, 4 * K),
-            _rows(fit, first, 4), _rows(entropy, first, 4),
-        )  # fmt: skip
-        return 0
-
-    _split_rows(call, n, "expectation", K)
+    _run("expectation", table, [(weights, 4 * K), (fit, 4), (entropy, 4)])
     return fit, entropy
