@@ -273,12 +273,12 @@ def fit(
         family = family_at(n_iter)
         previous = est
         search = getattr(family, "search", None)
-        if search is not None and family == family_at(n_iter - 1):
-            # a truncated family searches from the last E-step's q (inference.truncated)
+        searched = search is not None and family == family_at(n_iter - 1)
+        if search is not None and searched:  # a truncated family: from the last E-step's q
             est = search(model, x, previous, n_iter, chunk_size, reducer)
         else:  # the last q is dead once the M-step used it: the new one may take its memory
             est = e_step(model, family, x, chunk_size, reducer, recycle=previous.q)
-        _check_finite(est, n_iter, trace, searched=search is not None)
+        _check_finite(est, n_iter, trace, searched=searched)
         n_changed = int(reducer.sum((est.labels != previous.labels).sum()))
         trace.append(_record(n_iter, est, n_changed, n_relocated, started))
         if callback:

@@ -49,16 +49,18 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """``obj`` as JSON; NaN and infinities become null (Python's ``NaN`` is not JSON)."""
-    write_text(path, json.dumps(_finite_or_none(obj), indent=1, allow_nan=False) + "\n")
+    write_text(path, json.dumps(finite_or_none(obj), indent=1, allow_nan=False) + "\n")
 
 
-def _finite_or_none(obj: Any) -> Any:
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float, in nested dicts, lists and tuples, replaced by None
+    (JSON's null), so every JSON reader accepts the file."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {key: _finite_or_none(value) for key, value in obj.items()}
+        return {key: finite_or_none(value) for key, value in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite_or_none(value) for value in obj]
+        return [finite_or_none(value) for value in obj]
     return obj
 
 

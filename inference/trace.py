@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from inference.outputs import finite_or_none
+
 
 class TraceRecord(NamedTuple):
     """Taken right after an E-step, for the parameters theta_t that this E-step used.
@@ -53,13 +55,7 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 def json_text(rows: Sequence[dict[str, Any]]) -> str:
     """Rows as a JSON list (non-finite floats as null, so every reader accepts it)."""
-
-    def clean(value: Any) -> Any:
-        if (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
-            return None
-        return value
-
-    return json.dumps([{k: clean(v) for k, v in row.items()} for row in rows], indent=1) + "\n"
+    return json.dumps(finite_or_none(list(rows)), indent=1, allow_nan=False) + "\n"
 
 
 def plot_traces(

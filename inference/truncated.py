@@ -34,7 +34,7 @@ from torch import Tensor
 from inference import workspace
 from inference.distributed import LOCAL, Reducer
 from inference.elbo import log_evidence_from_table
-from inference.em import EStep, FitResult, e_step, fit
+from inference.em import EStep, FitResult, fit
 from inference.enumerate import ASSIGNMENT_SITE as SITE
 from inference.enumerate import DATA_PLATE as PLATE
 from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params, iter_log_joint
@@ -204,11 +204,6 @@ def summarise(kept: Tensor) -> tuple[Tensor, Tensor, float]:
     point_fit = torch.where(weights > 0, weights * kept, 0.0).sum(0)
     entropy = -torch.special.xlogy(weights, weights).sum(0)
     return weights, point_fit, float(point_fit.sum() + entropy.sum())
-
-
-def full_e_step(k: int, model: Any, x: Tensor, chunk_size: int) -> EStep:
-    """The first E-step: ``TopK(k)`` on every point's whole table row, ``x`` is (N, D)."""
-    return e_step(model, TopK(k), x, chunk_size)
 
 
 def truncated_e_step(

@@ -18,7 +18,6 @@ from inference.truncated import (
     TruncatedTopK,
     candidate_log_joint,
     fit_truncated,
-    full_e_step,
     select_top,
     truncated_e_step,
 )
@@ -69,7 +68,7 @@ def test_full_search_space_equals_topk_on_the_table(k):
     model = RestrictedGMM(start(x, 7))
     exact = e_step(model, TopK(k), x)
     assert exact.q.indices is not None
-    first = full_e_step(k, model, x, 128)
+    first = e_step(model, TopK(k), x, 128)
     assert torch.equal(first.q.indices, exact.q.indices)
     torch.testing.assert_close(first.q.weights, exact.q.weights)
     assert first.elbo == pytest.approx(exact.elbo, rel=1e-12)
@@ -83,12 +82,12 @@ def test_full_search_space_equals_topk_on_the_table(k):
     assert math.isnan(truncated.log_evidence)
 
 
-def test_full_e_step_keeps_the_tie_rule_of_topk():
+def test_first_e_step_keeps_the_tie_rule_of_topk():
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]], dtype=torch.float64)
     locs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 0.0], [5.0, 5.0]], dtype=torch.float64)
     model = RestrictedGMM(locs)
     exact = e_step(model, TopK(2), x)
-    first = full_e_step(2, model, x, 2)
+    first = e_step(model, TopK(2), x, 2)
     assert exact.q.indices is not None
     assert torch.equal(first.q.indices, exact.q.indices)
 
