@@ -57,12 +57,14 @@ def sklearn_fit(x: torch.Tensor, init: torch.Tensor, tol: float) -> tuple[torch.
     return torch.from_numpy(km.cluster_centers_), int(km.n_iter_)
 
 
-def interleaved_medians(
+def truncated_timings(
     x: torch.Tensor, init: torch.Tensor, configs: list[tuple[int, int]], iters: int, rounds: int
 ) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float], float]:
     """Median seconds per iteration of ``fit_truncated`` for each (k, G) in ``configs``, of its
     first (full) E-step, and of a Lloyd iteration; ``x`` (N, D), ``init`` (K, D). Measured in
-    turns (every config, then scikit-learn, ``rounds`` times) so a change of load hits all."""
+    turns (every config, then scikit-learn, ``rounds`` times) so a change of load hits all; as
+    ``cases.interleaved_medians``, but one fit gives two timings (its first E-step and each
+    later iteration)."""
     ours: dict[tuple[int, int], list[float]] = {config: [] for config in configs}
     firsts: dict[tuple[int, int], list[float]] = {config: [] for config in configs}
     theirs = []
@@ -87,7 +89,7 @@ def truncated_rows(quick: bool, device: str, configs: list[tuple[int, int]] = CO
     n, d, n_clusters = QUICK if quick else FULL
     x = cases.blobs(n, d, n_clusters, seed=0, device=device)
     init = cases.initial_centres(x, n_clusters, seed=1)
-    ours, firsts, theirs = interleaved_medians(x, init, configs, iters=6, rounds=3)
+    ours, firsts, theirs = truncated_timings(x, init, configs, iters=6, rounds=3)
     began = time.perf_counter()
     lloyd_locs, lloyd_iters = sklearn_fit(x, init, TOL)
     lloyd_total, lloyd_sse = time.perf_counter() - began, nearest_sse(x, lloyd_locs)
