@@ -3,30 +3,49 @@
 Computed generically by Pyro: the model is run under ``poutine.enum`` with only the assignment
 site ``"z"`` enumerated in parallel, so every log-density in the trace comes out with a leading
 enumeration dimension of size K. Summing the log-densities of the sites inside the ``"data"``
-plate gives the (K, n) table of a chunk. Nothing model-specific appears here.
+plate gives the (K, n) table of a chunk (``inference.site_terms``). Nothing model-specific
+appears here.
+
+A trace costs Pyro about 1 ms whatever the chunk's size, so one trace serves every chunk of its
+length (see ``_Tables``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from inference import workspace
 from inference.errors import MixemError
+from inference.site_terms import (
+    ASSIGNMENT_SITE,
+    DATA_PLATE,
+    OBSERVED_SITE,
+    Term,
+    plate_terms,
+    sum_terms,
+)
 
-ASSIGNMENT_SITE = "z"
-OBSERVED_SITE = "x"
-DATA_PLATE = "data"
-# rows per trace: about 1M table entries at K = 64 amortise Pyro's per-trace cost (~0.5 ms)
-# while the table still sits in L3; measured best of 4096-65536 at K = 8 and 64, equal at 256
+__all__ = [
+    "ASSIGNMENT_SITE",
+    "DATA_PLATE",
+    "DEFAULT_CHUNK_SIZE",
+    "OBSERVED_SITE",
+    "enumerate_assignment_only",
+    "isolated_params",
+    "iter_log_joint",
+    "log_joint",
+]
+
+# rows per chunk: about 1M table entries at K = 64 keep the table in L3 and make the per-chunk
+# Python (0.3 ms) small; measured best of 4096-65536 at K = 8 and 64, equal at 256
 DEFAULT_CHUNK_SIZE = 16384
 
 Model = Callable[[Tensor], object]
@@ -49,8 +68,8 @@ def enumerate_assignment_only(site: Any) -> Any:
     return {"enumerate": "parallel"} if site["name"] == ASSIGNMENT_SITE else {}
 
 
-def _chunk_table(model: Model, x: Tensor) -> Tensor:
-    """(n, K) table for one chunk ``x`` (n, D) by a single enumerated trace of the model."""
+def _trace(model: Model, x: Tensor) -> Any:
+    """One enumerated trace of the model on ``x`` (n, D), its assignment site checked."""
     enumerated = poutine.enum(
         poutine.infer_config(model, enumerate_assignment_only), first_available_dim=-2
     )
@@ -72,74 +91,67 @@ def _chunk_table(model: Model, x: Tensor) -> Tensor:
             "support (e.g. Categorical) and it must sit inside pyro.plate('data')"
         )
     values = z["value"].reshape(-1)
-    K = values.shape[0]
-    if not torch.equal(values, torch.arange(K, device=values.device)):
+    if not torch.equal(values, torch.arange(values.shape[0], device=values.device)):
         raise MixemError(f"site {ASSIGNMENT_SITE!r} must take the values 0..K-1")
-    return _sum_site_tables(trace, K, x.shape[0]).T
+    return trace
 
 
-def _sum_site_tables(trace: Any, K: int, n: int) -> Tensor:
-    """(K, n) sum of the log-densities of the sites in the data plate, checked on the way.
+# model -> whether the first reuse of a trace gave the table a fresh trace gives (see _Tables)
+_reuse_checked: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
-    The terms that are already (K, n) (the observation's, usually) are added to the small ones
-    (the prior's (K, 1)) in one pass, so a chunk's table costs a single extra read and write
-    whatever the model; the result is a new tensor (no site's log_prob is written to) and keeps
-    the memory layout of the largest term, so an (n, K) GEMM table comes back contiguous.
+
+class _Tables:
+    """The tables of one model's chunks, under fixed parameters (one E-step).
+
+    A Pyro trace costs about 1 ms whatever the chunk's size (more than the GEMM of a 16384 x 64
+    table), and the sites' distributions depend on the parameters and on the number of rows,
+    not on the data: the model is a density of x. So one trace per chunk length serves every
+    chunk of that length, the observed value swapped for the chunk's rows; a model whose data
+    reach its sites other than as the observed value (a per-point mask, a transformed
+    observation) is traced per chunk. The first time a trace serves a second chunk, its table is
+    checked against a fresh trace's, once per model: a model that computes its distributions
+    from the data is then traced per chunk, as before.
     """
-    full: list[Tensor] = []
-    small: list[Tensor] = []
-    for name in trace.stochastic_nodes + trace.observation_nodes:
-        site: Any = trace.nodes[name]
-        if site_is_subsample(site):
-            continue
-        if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
-            raise MixemError(
-                f"site {name!r} is outside pyro.plate({DATA_PLATE!r}); a mixture model here "
-                "has only per-point sites (put global parameters in PyroParams)"
-            )
-        if name != ASSIGNMENT_SITE and name in trace.stochastic_nodes:
-            raise MixemError(f"latent site {name!r}: only {ASSIGNMENT_SITE!r} may be latent")
-        log_prob = _site_log_prob(site)
-        # an expanded view (stride 0) is small in memory: it joins the broadcast terms
-        is_full = log_prob.shape == (K, n) and 0 not in log_prob.stride()
-        (full if is_full else small).append(log_prob if is_full else _compact(log_prob))
-    small_sum: Tensor | float = sum(small, 0.0)
-    if not full:
-        return torch.as_tensor(small_sum).expand(K, n).clone()
-    # add in the memory order of the first term: a (K, n) view of an (n, K) table added as
-    # (K, n) would walk memory with stride K (measured 20x slower)
-    flip = full[0].T.is_contiguous()
-    if workspace.is_reused(full[0]):  # a reused buffer nobody else holds: add in place
-        table = full[0]
-        (table.T if flip else table).add_(_t(small_sum) if flip else small_sum)
-        for term in full[1:]:
-            table.add_(term)
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.kept: dict[int, tuple[list[Term], int, dict[int, Tensor]]] = {}
+
+    def __call__(self, chunk: Tensor) -> Tensor:
+        """(n, K) table of ``chunk`` (n, D)."""
+        kept = self.kept.get(chunk.shape[0])
+        if kept is None:
+            return self._traced(chunk, keep=True)
+        terms, K, fixed = kept
+        table = sum_terms(terms, chunk, K, fixed)
+        if _verdict(self.model) is None:
+            fresh = self._traced(chunk, keep=False)
+            same = bool(torch.equal(table, fresh))
+            _record_verdict(self.model, same)
+            if not same:
+                self.kept.clear()
+                return fresh
         return table
-    table = (full[0].T + _t(small_sum)).T if flip else full[0] + small_sum
-    for term in full[1:]:
-        table.add_(term)
-    return table
+
+    def _traced(self, chunk: Tensor, keep: bool) -> Tensor:
+        trace = _trace(self.model, chunk)
+        K = trace.nodes[ASSIGNMENT_SITE]["value"].numel()
+        terms, reusable = plate_terms(trace, chunk)
+        if keep and reusable and _verdict(self.model) is not False:
+            self.kept[chunk.shape[0]] = (terms, K, {})
+        return sum_terms(terms, chunk, K)
 
 
-def _site_log_prob(site: Any) -> Tensor:
-    """A site's log-density as ``Trace.compute_log_prob`` gives it (scaled and masked), without
-    the scalar sum Pyro also takes of each site: that is a pass over the whole table."""
-    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    return scale_and_mask(log_prob, site["scale"], site["mask"])
+def _verdict(model: Model) -> bool | None:
+    try:
+        return _reuse_checked.get(model)
+    except TypeError:  # not weakly referable: checked in every E-step
+        return None
 
 
-def _compact(term: Tensor) -> Tensor:
-    """``term`` with its broadcast (stride-0) dimensions cut to size 1: a view, for cheap sums."""
-    index = tuple(
-        slice(0, 1) if stride == 0 and size > 1 else slice(None)
-        for size, stride in zip(term.shape, term.stride(), strict=True)
-    )
-    return term[index]
-
-
-def _t(value: Tensor | float) -> Tensor | float:
-    """Transpose of a 2-D tensor; a 0-D tensor or a float as is."""
-    return value.T if isinstance(value, Tensor) and value.dim() == 2 else value
+def _record_verdict(model: Model, same: bool) -> None:
+    with contextlib.suppress(TypeError):
+        _reuse_checked[model] = same
 
 
 def iter_log_joint(
@@ -148,12 +160,13 @@ def iter_log_joint(
     """Yield ``(start, table)`` per chunk of rows: ``table`` is (n, K) for ``x[start:start+n]``.
 
     Only one chunk's table is alive at a time, so memory is bounded by ``chunk_size`` x K (plus
-    whatever the model's own log_prob allocates for a chunk).
+    whatever the model's own log_prob allocates for a chunk). The model is traced once per
+    chunk length where its sites allow (see ``_Tables``).
 
     Args:
         model: a mixture following the site contract (see ``models``).
         x: (N, D) data.
-        chunk_size: rows per enumerated trace.
+        chunk_size: rows per chunk.
         reuse: compute every chunk in the same memory (``inference.workspace``): faster, but
             each table is overwritten by the next, so the caller must be done with it (and
             keep no view of it) before asking for the next chunk.
@@ -162,9 +175,10 @@ def iter_log_joint(
         raise MixemError(f"chunk_size must be a positive integer, got {chunk_size}")
     scope = workspace.reusing() if reuse else contextlib.nullcontext()
     with isolated_params(), torch.no_grad(), scope:
+        tables = _Tables(model)
         for start in range(0, x.shape[0], chunk_size):
             workspace.next_chunk()
-            yield start, _chunk_table(model, x[start : start + chunk_size])
+            yield start, tables(x[start : start + chunk_size])
 
 
 def log_joint(model: Model, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:

@@ -85,12 +85,32 @@ class ExpFamilyComponents(TorchDistribution):
         raise NotImplementedError
 
     # --- evaluation ---------------------------------------------------------------------------
-    def log_prob_table(self, x: Tensor) -> Tensor:
-        """(n, K) log p(x_i | c) for every point and component, by one GEMM; ``x`` is (n, D)."""
+    def log_prob_table(self, x: Tensor, per_component: Tensor | None = None) -> Tensor:
+        """(n, K) log p(x_i | c) (+ ``per_component`` (K,), if given) for every point and
+        component, by one GEMM; ``x`` is (n, D)."""
         stats = self.statistic(x)
-        # addmm fuses -A into the product: one pass over the (n, K) output, then one for h(x)
-        table = torch.addmm(-self.log_normaliser(), stats, self.natural_params().T)
+        bias = -self.log_normaliser()
+        if per_component is not None:
+            bias = bias + per_component
+        # addmm fuses the bias into the product: one pass over the (n, K) output, one for h(x)
+        table = torch.addmm(bias, stats, self.natural_params().T)
         return table.add_(self.base_log_measure(x)[:, None])
+
+    def log_prob_plus(self, value: Tensor, per_component: Tensor) -> Tensor | None:
+        """``log_prob(value) + per_component[:, None]`` when the assignment is enumerated
+        (``arange(K)`` of shape (K, 1), ``value`` (n, D)), else None.
+
+        The enumeration's offer (``inference.enumerate``): the other sites' terms that are
+        constant along the points (the prior's log-weights, (K,)) go into the GEMM's bias, where
+        they cost nothing, instead of a pass over the (K, n) table.
+        """
+        z = self.assignment
+        K = self.n_components
+        if not (z.shape == (K, 1) and value.dim() == 2 and _is_arange(z.reshape(-1), K)):
+            return None
+        if self._validate_args:
+            self._validate_sample(value)
+        return self.log_prob_table(value, per_component).T
 
     def log_prob_assigned(self, x: Tensor) -> Tensor:
         """log p(x_i | assignment_i), broadcasting ``x`` (..., D) with the assignment."""
@@ -204,6 +224,10 @@ class IsotropicNormalComponents(ExpFamilyComponents):
         self.reference = locs.mean(0)
         self._centred_locs = locs - self.reference
         K, D = locs.shape
+        # each component's constant: once per trace, which may serve many chunks
+        self._component_terms = -0.5 * self._centred_locs.square().sum(-1) - 0.5 * D * math.log(
+            2 * math.pi
+        )
         super().__init__(assignment, K, D, validate_args=validate_args)
 
     def natural_params(self) -> Tensor:
@@ -219,7 +243,7 @@ class IsotropicNormalComponents(ExpFamilyComponents):
         D = x.shape[-1]
         return -0.5 * (x - self.reference).square().sum(-1) - 0.5 * D * math.log(2 * math.pi)
 
-    def log_prob_table(self, x: Tensor) -> Tensor:
+    def log_prob_table(self, x: Tensor, per_component: Tensor | None = None) -> Tensor:
         """(n, K) as the base class, with the centring done once for ``x`` (n, D).
 
         -||x - mu||^2 / 2 = x.mu - ||mu||^2 / 2 - ||x||^2 / 2 (all centred): one GEMM with the
@@ -228,8 +252,9 @@ class IsotropicNormalComponents(ExpFamilyComponents):
         rows, i.e. on the chunk size; this form gives bit-identical tables for any chunking.)
         """
         centred = x - self.reference
-        D = x.shape[-1]
-        bias = -0.5 * self._centred_locs.square().sum(-1) - 0.5 * D * math.log(2 * math.pi)
+        bias = self._component_terms
+        if per_component is not None:
+            bias = bias + per_component
         if torch.is_grad_enabled() and self._centred_locs.requires_grad:  # out= can't backprop
             table = torch.addmm(bias, centred, self._centred_locs.T)
         else:
@@ -240,14 +265,12 @@ class IsotropicNormalComponents(ExpFamilyComponents):
     def log_prob_candidates(self, x: Tensor) -> Tensor:
         """(m, n) as the base class for ``x`` (n, D) and an (m, n) assignment, with ``x``
         centred once and each component's constant terms gathered as one bias."""
-        D = x.shape[-1]
         if torch.is_grad_enabled() and self.locs.requires_grad:  # out= cannot backpropagate
             centred, squares = x - self.reference, (x - self.reference).square()
         else:
             centred = torch.sub(x, self.reference, out=workspace.temporary("centred", x))
             squares = torch.square(centred, out=workspace.temporary("squares", x))
-        bias = -0.5 * self._centred_locs.square().sum(-1) - 0.5 * D * math.log(2 * math.pi)
-        inner = gathered_dots(self._centred_locs, self.assignment, centred, bias)
+        inner = gathered_dots(self._centred_locs, self.assignment, centred, self._component_terms)
         return inner.sub_(0.5 * squares.sum(-1))
 
     def log_prob_assigned(self, x: Tensor) -> Tensor:

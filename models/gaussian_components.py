@@ -121,14 +121,16 @@ class GaussianComponents(ExpFamilyComponents):
             return torch.addmm(offset, centred, weight).view(-1, D, K)
         return torch.addcmul(offset, centred[:, :, None], weight)
 
-    def log_prob_table(self, x: Tensor) -> Tensor:
-        """(n, K) log p(x_i | c) for every point and component; ``x`` is (n, D)."""
+    def log_prob_table(self, x: Tensor, per_component: Tensor | None = None) -> Tensor:
+        """(n, K) log p(x_i | c) (+ ``per_component`` (K,), if given) for every point and
+        component; ``x`` is (n, D)."""
         K, D = self.locs.shape
         operands = self._operands()
         tracked = (self.locs, self.covariances, x)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
             # autograd (the gradient M-step): plain expressions, as out= cannot backpropagate
-            return self.log_norm - 0.5 * self._whitened(x, operands).square().sum(1)
+            constant = self.log_norm if per_component is None else self.log_norm + per_component
+            return constant - 0.5 * self._whitened(x, operands).square().sum(1)
         n = x.shape[0]
         table = workspace.output("components", (n, K), x)
         rows = max(1, min(n, _BLOCK_ENTRIES // (D * K)))
@@ -148,7 +150,8 @@ class GaussianComponents(ExpFamilyComponents):
                 torch.addcmul(operands[1], centred[:m, :, None], right, out=y)
             torch.sum(y.square_(), 1, out=table[start : start + m])
         # table = log_norm - sum / 2, in place: one pass over (n, K), D times smaller than y
-        return table.mul_(-0.5).add_(self.log_norm)
+        constant = self.log_norm if per_component is None else self.log_norm + per_component
+        return table.mul_(-0.5).add_(constant)
 
     def log_prob_assigned(self, x: Tensor) -> Tensor:
         """log p(x_i | assignment_i) by the direct formula, ``x`` (..., D) broadcast with it."""
