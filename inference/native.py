@@ -106,6 +106,9 @@ def _library() -> ctypes.CDLL | None:
     lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 4]
     lib.mixem_expectation_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
     lib.mixem_expectation_f32.restype = None
+    lib.mixem_label_sums_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    lib.mixem_label_sums_f32.argtypes += [ctypes.c_void_p] * 3
+    lib.mixem_label_sums_f32.restype = None
     return lib
 
 
@@ -202,3 +205,22 @@ def expectation(table: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     fit, entropy = table.new_empty(n), table.new_empty(n)
     _run("expectation", table, [(weights, 4 * K), (fit, 4), (entropy, 4)])
     return fit, entropy
+
+
+def label_sums(
+    values: Tensor, labels: Tensor, n_components: int, offset: Tensor | None = None
+) -> Tensor:
+    """(K, D) sums of the rows of ``values`` (n, D) float32, contiguous, minus ``offset`` (D,)
+    if given, by ``labels`` (n,) int64 in 0..K-1: ``zeros(K, D).index_add_(0, labels, values -
+    offset)``, the same additions in the same order, several times faster on short rows and
+    without the (n, D) difference. One thread (its rounding is fixed)."""
+    lib = _library()
+    assert lib is not None and values.dtype == torch.float32 and values.is_contiguous()
+    labels = labels.contiguous()
+    n, D = values.shape
+    shift = None if offset is None else offset.to(torch.float32).contiguous()
+    out = torch.zeros(n_components, D, dtype=torch.float32)
+    lib.mixem_label_sums_f32(
+        values.data_ptr(), n, D, labels.data_ptr(), _rows(shift, 0, 0), out.data_ptr()
+    )
+    return out

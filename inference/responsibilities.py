@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from inference import native
 from inference.errors import MixemError
 from inference.reductions import argmax_rows
 
@@ -66,11 +67,12 @@ class Responsibilities(NamedTuple):
 
     def _is_one_hot(self) -> bool:
         """One kept state per point with weight exactly 1 (a Delta or sampled q)."""
-        return (
-            self.indices is not None
-            and self.weights.shape[1] == 1
-            and bool((self.weights == 1).all())
-        )
+        if self.indices is None or self.weights.shape[1] != 1:
+            return False
+        if self.weights.numel() == 0:
+            return True
+        low, high = torch.aminmax(self.weights)  # no (N,) comparison tensor
+        return bool(low == 1) and bool(high == 1)
 
     def dense(self, n_components: int) -> Tensor:
         """(N, K) float: q as a full table (allocates N x K; for tests and small data)."""
@@ -89,27 +91,59 @@ class Responsibilities(NamedTuple):
         out = self.weights.new_zeros(n_components)
         return out.index_add_(0, self.indices.reshape(-1), self.weights.reshape(-1))
 
-    def weighted_sum(self, values: Tensor, n_components: int) -> Tensor:
-        """sum_i q(z_i = c) * values[i] for every c.
+    def weighted_sum(
+        self, values: Tensor, n_components: int, offset: Tensor | None = None
+    ) -> Tensor:
+        """sum_i q(z_i = c) * (values[i] - offset) for every c.
 
         Args:
             values: (N, *S) per-point statistics (e.g. x, or x x^T).
+            offset: (*S) subtracted from every point's values first (a reference point, so
+                float32 sums of data far from the origin keep their spread); None: nothing.
         Returns:
             (K, *S).
         """
+        if self._is_one_hot():  # a Delta q: sums by label, no (N, S) product with ones
+            assert self.indices is not None
+            flat = values.reshape(values.shape[0], -1)
+            shift = None if offset is None else offset.reshape(-1)
+            sums = _label_sums(flat, self.indices[:, 0], n_components, shift)
+            return sums.reshape(n_components, *values.shape[1:])
+        if offset is not None:
+            values = values - offset
         flat = values.reshape(values.shape[0], -1)
         if self.indices is None:
             out = self.weights.T @ flat  # one GEMM for a dense q
         else:
             out = flat.new_zeros(n_components, flat.shape[1])
-            if self._is_one_hot():  # a Delta q: no (N, S) product of values and ones
-                return out.index_add_(0, self.indices[:, 0], flat).reshape(
-                    n_components, *values.shape[1:]
-                )
             # a scatter-add per kept column: O(N k S), far cheaper than a one-hot GEMM
             for j in range(self.indices.shape[1]):
                 out.index_add_(0, self.indices[:, j], flat * self.weights[:, j : j + 1])
         return out.reshape(n_components, *values.shape[1:])
+
+
+def _label_sums(
+    values: Tensor, labels: Tensor, n_components: int, offset: Tensor | None = None
+) -> Tensor:
+    """(K, S) sums of the rows of ``values`` (N, S) (minus ``offset`` (S,)) by ``labels`` (N,):
+    ``index_add_``, or the same additions in C for float32 CPU rows
+    (``inference.native.label_sums``)."""
+    native_ok = (
+        values.dtype == torch.float32
+        and values.device.type == "cpu"
+        and not values.requires_grad
+        and (offset is None or not offset.requires_grad)
+        and labels.numel() > 0
+        and native.available()
+    )
+    if native_ok:
+        low, high = torch.aminmax(labels)
+        if int(low) >= 0 and int(high) < n_components:  # else index_add_ raises its error
+            return native.label_sums(values.contiguous(), labels, n_components, offset)
+    if offset is not None:
+        values = values - offset
+    out = values.new_zeros(n_components, values.shape[1])
+    return out.index_add_(0, labels, values)
 
 
 class Assembler:

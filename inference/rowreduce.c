@@ -258,3 +258,23 @@ void mixem_expectation_f32(const float *table, int64_t n, int64_t K, int64_t ld,
         entropy[i] = h;
     }
 }
+
+/* out[labels[i]] += values[i] - offset for the n rows of values (n, D) (offset (D,) or NULL:
+   none), in the order of i: the additions torch's index_add_ makes of (values - offset), one
+   row at a time into a (K, D) table that stays in L1, without its per-call machinery (several ns
+   per value on short rows) or the (n, D) difference. Labels are in 0..K-1 (checked by the
+   caller). Single-threaded, so the sums' rounding never depends on a thread count. */
+void mixem_label_sums_f32(const float *values, int64_t n, int64_t D, const int64_t *labels,
+                          const float *offset, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        float *target = out + labels[i] * D;
+        const float *row = values + i * D;
+        if (offset) {
+#pragma omp simd
+            for (int64_t j = 0; j < D; j++) target[j] += row[j] - offset[j];
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < D; j++) target[j] += row[j];
+        }
+    }
+}

@@ -83,7 +83,7 @@ class RestrictedGMM(PyroModule):
             ``counts`` (K,) and ``sum_dx`` (K, D) = sum_i q_ic (x_i - reference).
         """
         K = self.n_components
-        return {"counts": q.counts(K), "sum_dx": q.weighted_sum(x - self.reference(), K)}
+        return {"counts": q.counts(K), "sum_dx": q.weighted_sum(x, K, offset=self.reference())}
 
     def m_step(self, stats: dict[str, Tensor]) -> None:
         """locs[c] = weighted mean of the points in c; a component with no weight keeps its mean."""

@@ -1,0 +1,74 @@
+"""Sums by label (the M-step of a one-hot q): the C loop makes torch's index_add_ additions.
+
+``Responsibilities.weighted_sum`` of a Delta q sums each point's values into its component;
+for float32 CPU rows that runs in ``inference.native.label_sums``, which must give exactly the
+floats of ``index_add_`` (same additions, same order), with or without a reference point.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference import native
+from inference.responsibilities import Responsibilities
+
+needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler here")
+
+
+def problem(n: int, d: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    values = (torch.randn(n, d, generator=g) * 100 + 1e4).float()
+    return values, torch.randint(k, (n,), generator=g), values[0] + 0.5
+
+
+def without_native(run):
+    saved = native._library
+    native._library = lambda: None  # type: ignore[assignment]
+    try:
+        return run()
+    finally:
+        native._library = saved  # type: ignore[assignment]
+
+
+@needs_native
+@pytest.mark.parametrize(("n", "d", "k"), [(1, 1, 1), (37, 3, 5), (5000, 16, 64), (999, 64, 7)])
+def test_label_sums_are_index_add_exactly(n, d, k):
+    values, labels, offset = problem(n, d, k, seed=n)
+    plain = torch.zeros(k, d).index_add_(0, labels, values)
+    assert torch.equal(native.label_sums(values, labels, k), plain)
+    shifted = torch.zeros(k, d).index_add_(0, labels, values - offset)
+    assert torch.equal(native.label_sums(values, labels, k, offset), shifted)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_sum_with_an_offset_is_the_sum_of_the_differences(dtype):
+    values, labels, offset = problem(400, 4, 6, seed=1)
+    values, offset = values.to(dtype), offset.to(dtype)
+    g = torch.Generator().manual_seed(2)
+    weights = torch.softmax(torch.randn(400, 6, generator=g, dtype=dtype), 1)
+    top = torch.topk(weights, 2, dim=1)
+    for q in (
+        Responsibilities.one_hot(labels, dtype),
+        Responsibilities(weights, None),
+        Responsibilities(top.values / top.values.sum(1, keepdim=True), top.indices),
+    ):
+        expected = q.weighted_sum(values - offset, 6)
+        assert torch.equal(q.weighted_sum(values, 6, offset=offset), expected)
+        assert torch.equal(without_native(lambda q=q: q.weighted_sum(values, 6, offset)), expected)
+
+
+def test_a_label_out_of_range_is_refused_as_index_add_refuses_it():
+    values, labels, _ = problem(50, 2, 3, seed=3)
+    labels[7] = 3
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        Responsibilities.one_hot(labels, torch.float32).weighted_sum(values, 3)
+
+
+def test_per_point_statistics_of_any_shape_are_summed_by_label():
+    g = torch.Generator().manual_seed(4)
+    outer = torch.randn(30, 2, 2, generator=g)  # x x^T-like statistics, (N, D, D)
+    labels = torch.randint(3, (30,), generator=g)
+    summed = Responsibilities.one_hot(labels, torch.float32).weighted_sum(outer, 3)
+    assert summed.shape == (3, 2, 2)
+    assert torch.equal(summed, torch.zeros(3, 2, 2).index_add_(0, labels, outer))
