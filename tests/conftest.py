@@ -48,3 +48,15 @@ def blobs(
 def nearest_centroid(x: torch.Tensor, locs: torch.Tensor) -> torch.Tensor:
     """Reference: argmin of explicit squared distances, first index on ties."""
     return ((x[:, None, :] - locs[None]) ** 2).sum(-1).argmin(1)
+
+
+def without_native(run):
+    """``run()`` with the C kernels of ``inference.native`` switched off (the torch paths)."""
+    from inference import native
+
+    saved = native._library
+    native._library = lambda: None  # type: ignore[assignment]
+    try:
+        return run()
+    finally:
+        native._library = saved  # type: ignore[assignment]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import without_native
 
 from inference import native
 from inference.responsibilities import Responsibilities
@@ -20,15 +21,6 @@ def problem(n: int, d: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     g = torch.Generator().manual_seed(seed)
     values = (torch.randn(n, d, generator=g) * 100 + 1e4).float()
     return values, torch.randint(k, (n,), generator=g), values[0] + 0.5
-
-
-def without_native(run):
-    saved = native._library
-    native._library = lambda: None  # type: ignore[assignment]
-    try:
-        return run()
-    finally:
-        native._library = saved  # type: ignore[assignment]
 
 
 @needs_native

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from conftest import without_native
 
 from inference import native, reductions
 from inference.em import e_step
@@ -94,27 +95,18 @@ def test_strided_rows_and_views():
 
 
 @pytest.mark.parametrize("family", [Delta(), Categorical()], ids=["delta", "categorical"])
-def test_e_step_equal_with_and_without_native(family):
+def test_e_step_equal_with_andwithout_native(family):
     """The same float32 E-step through the C loop and through torch: identical labels, the same
     ELBO and log evidence to float32 rounding."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3000, 5, generator=g) * 4.0
     model = RestrictedGMM(x[:12].clone())
     fast = e_step(model, family, x, chunk_size=1000)
-    slow = _without_native(lambda: e_step(model, family, x, chunk_size=1000))
+    slow = without_native(lambda: e_step(model, family, x, chunk_size=1000))
     assert torch.equal(fast.labels, slow.labels)
     assert fast.elbo == pytest.approx(slow.elbo, rel=1e-5)
     assert fast.log_evidence == pytest.approx(slow.log_evidence, rel=1e-5)
     torch.testing.assert_close(fast.q.weights, slow.q.weights, rtol=1e-4, atol=1e-6)
-
-
-def _without_native(run):
-    saved = native._library
-    native._library = lambda: None  # type: ignore[assignment]
-    try:
-        return run()
-    finally:
-        native._library = saved  # type: ignore[assignment]
 
 
 def test_remembered_summary_is_dropped_when_the_table_changes():
