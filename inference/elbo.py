@@ -23,7 +23,7 @@ from torch import Tensor
 from inference import native
 from inference.enumerate import enumerate_assignment_only, isolated_params
 from inference.guides import is_exact_for_trace_elbo, pyro_guide
-from inference.reductions import logsumexp_rows, remembered_summary
+from inference.reductions import logsumexp_rows, remembered_expectation, remembered_summary
 from inference.responsibilities import Responsibilities
 
 
@@ -51,6 +51,9 @@ def fit_and_entropy(log_joint: Tensor, q: Responsibilities) -> tuple[Tensor, Ten
     """``expected_log_joint_per_point`` and ``entropy_per_point`` of a chunk, each (n,); a dense
     float32 q takes one fused pass (``inference.native``) instead of several with a log each."""
     weights = q.weights
+    known = None if q.indices is not None else remembered_expectation(log_joint, weights)
+    if known is not None:  # the softmax of this table took them as it wrote q
+        return known
     if (
         q.indices is None
         and native.handles(log_joint)

@@ -83,7 +83,8 @@ def e_step(
     # reuse: each chunk's table lives in the same memory (no page faults); nothing below keeps
     # a view of it (a guide returns new tensors)
     for start, table in iter_log_joint(model, x, chunk_size, reuse=True):
-        q = guide.e_step(table)
+        with assembled.offer(start, table.shape[0]):  # a dense q may be written in its place
+            q = guide.e_step(table)
         point_fit, entropy = fit_and_entropy(table, q)
         assembled.put(start, q)
         labels.append(q.labels())  # per chunk, while q is in cache

@@ -103,7 +103,7 @@ def _library() -> ctypes.CDLL | None:
     sizes: list[Any] = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
     lib.mixem_row_summary_f32.restype = lib.mixem_softmax_f32.restype = ctypes.c_int
     lib.mixem_row_summary_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
-    lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 4]
+    lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 6]
     lib.mixem_expectation_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
     lib.mixem_expectation_f32.restype = None
     lib.mixem_label_sums_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
@@ -188,13 +188,21 @@ def row_summary(table: Tensor, logsumexp: bool = True) -> tuple[Tensor, Tensor, 
     return top, arg, lse
 
 
-def softmax(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``row_summary`` and the (n, K) contiguous weights, softmax of each row."""
+def softmax(
+    table: Tensor, out: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``row_summary``, the (n, K) weights (softmax of each row, into ``out`` if given: an
+    (n, K) contiguous float32 tensor), and ``expectation(table, weights)``, taken from each row
+    while it is in L1 (no second pass over the table and the weights)."""
     n, K = table.shape
-    top, lse, weights = table.new_empty(n), table.new_empty(n), table.new_empty(n, K)
+    top, lse, fit, entropy = (table.new_empty(n) for _ in range(4))
+    weights = table.new_empty(n, K) if out is None else out
+    assert weights.shape == (n, K) and weights.is_contiguous() and weights.dtype == table.dtype
     arg = torch.empty(n, dtype=torch.int64)
-    _run("softmax", table, [(top, 4), (arg, 8), (lse, 4), (weights, 4 * K)])
-    return top, arg, lse, weights
+    per_row: list[tuple[Tensor | None, int]] = [(top, 4), (arg, 8), (lse, 4)]
+    per_row += [(weights, 4 * K), (fit, 4), (entropy, 4)]
+    _run("softmax", table, per_row)
+    return top, arg, lse, weights, fit, entropy
 
 
 def expectation(table: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:

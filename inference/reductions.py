@@ -98,13 +98,46 @@ def logsumexp_rows(table: Tensor) -> Tensor:
 
 
 def softmax_rows(table: Tensor) -> Tensor:
-    """(n, K) exp(table - logsumexp) row by row, as ``torch.softmax(table, 1)`` to rounding
-    (entries below exp(-87) of their row's total are 0); ``table`` is (n, K)."""
+    """(n, K) exp(table - logsumexp) row by row, as ``torch.softmax(table, 1)`` to rounding;
+    ``table`` is (n, K). In C, entries more than 18 + log K below their row's maximum get
+    weight 0 (together they hold under exp(-18) of the row: half an ulp of its sum); in torch,
+    entries below exp(-87) of their row's total are 0.
+
+    The C loop also takes E_q[table] and H(q) of each row it writes (the exact posterior's
+    point fit and entropy, which the E-step asks for next): ``remembered_expectation``."""
     if native.handles(table):
-        top, arg, lse, weights = native.softmax(table)
+        out = workspace.placed("weights", tuple(table.shape), table)
+        top, arg, lse, weights, fit, entropy = native.softmax(table, out)
         _remember(table, RowSummary(top, arg, lse))
+        global _last_expectation
+        if not table.is_inference():
+            _last_expectation = (_key(table), _key(weights), fit, entropy)
         return weights
     return torch.softmax(table, dim=1)
+
+
+_last_expectation: tuple[tuple, tuple, Tensor, Tensor] | None = None
+
+
+def _key(tensor: Tensor) -> tuple:
+    """What identifies a tensor's contents while it is alive: the object and its version."""
+    return (weakref.ref(tensor), tensor._version)
+
+
+def remembered_expectation(table: Tensor, weights: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(n,) sum_c weights * table and (n,) -sum_c weights log weights, when ``weights`` is the
+    softmax ``softmax_rows`` last gave for ``table`` and neither changed since (else None)."""
+    if _last_expectation is None or table.is_inference() or weights.is_inference():
+        return None
+    (table_ref, table_version), (weights_ref, weights_version), fit, entropy = _last_expectation
+    if (
+        table_ref() is table
+        and table._version == table_version
+        and weights_ref() is weights
+        and weights._version == weights_version
+    ):
+        return fit, entropy
+    return None
 
 
 def eager_max_rows(table: Tensor) -> tuple[Tensor, Tensor]:

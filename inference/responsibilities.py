@@ -9,12 +9,13 @@ so models never care which family produced q.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from inference import native
+from inference import native, workspace
 from inference.errors import MixemError
 from inference.reductions import argmax_rows
 
@@ -166,6 +167,21 @@ class Assembler:
         self.weights: Tensor | None = None
         self.indices: Tensor | None = None
 
+    def offer(self, start: int, n: int) -> contextlib.AbstractContextManager[None]:
+        """Within the block, a softmax of n rows may write straight into rows ``start:start+n``
+        of the q being built (when that q is dense and its memory is known: the recycled one),
+        and ``put`` then has nothing to copy."""
+        target = self.weights if self.weights is not None else self._dense_recycle()
+        if target is None or self.indices is not None:
+            return contextlib.nullcontext()
+        return workspace.placing("weights", target[start : start + n])
+
+    def _dense_recycle(self) -> Tensor | None:
+        old = self.recycle
+        if old is None or old.indices is not None or old.weights.shape[0] != self.n_rows:
+            return None
+        return old.weights
+
     def put(self, start: int, q: Responsibilities) -> None:
         """Rows ``start:start + len(q)`` of q are ``q``; every chunk must keep as many states
         per point as the first (k columns) and be dense or not alike."""
@@ -183,13 +199,20 @@ class Assembler:
                 f"{q.weights.shape[1]} columns after {self.weights.shape[1]}"
             )
         stop = start + len(q)
-        self.weights[start:stop].copy_(q.weights)
+        rows = self.weights[start:stop]
+        if not _same_memory(rows, q.weights):  # written in place already (``offer``)
+            rows.copy_(q.weights)
         if self.indices is not None and q.indices is not None:
             self.indices[start:stop].copy_(q.indices)
 
     def result(self) -> Responsibilities:
         assert self.weights is not None, "no chunk was put"
         return Responsibilities(self.weights, self.indices)
+
+
+def _same_memory(a: Tensor, b: Tensor) -> bool:
+    """True when ``a`` and ``b`` are the same elements of the same memory."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 def _recycled(old: Tensor | None, like: Tensor, n_rows: int) -> Tensor:

@@ -186,34 +186,6 @@ int mixem_row_summary_f32(const float *table, int64_t n, int64_t K, int64_t ld,
     return summarise(table, n, K, ld, top, arg, lse, NULL);
 }
 
-/* The same, and weights[i, j] = exp(row[j] - top[i]) / total[i] (0 below exp(-87) of the
-   maximum), as torch.softmax: relative to the maximum, so the rounding of a large logsumexp
-   never enters a weight. */
-int mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld,
-                      float *top, int64_t *arg, float *lse, float *weights) {
-    float *totals = malloc(sizeof(float) * (n > 0 ? n : 1));
-    if (!totals || summarise(table, n, K, ld, top, arg, lse, totals)) {
-        free(totals);
-        return 1;
-    }
-    for (int64_t i = 0; i < n; i++) {
-        const float *row = table + i * ld;
-        float *out = weights + i * K;
-        if (!(lse[i] > -INFINITY && lse[i] < INFINITY)) {  /* NaN, as torch.softmax */
-            for (int64_t j = 0; j < K; j++) out[j] = NAN;
-            continue;
-        }
-        float peak = top[i], scale = 1.0f / totals[i];
-#pragma omp simd
-        for (int64_t j = 0; j < K; j++) {
-            float d = row[j] - peak;
-            out[j] = d < -87.0f ? 0.0f : exp_clamped(d) * scale;
-        }
-    }
-    free(totals);
-    return 0;
-}
-
 /* log(q) for a normal float q > 0 (Cephes logf, ~1 ulp), branch-free so that loops vectorise. */
 static inline float log_positive(float q) {
     int32_t bits;
@@ -241,22 +213,158 @@ static inline float log_positive(float q) {
     return x + y + 0.693359375f * e;
 }
 
+#ifdef __AVX2__
+/* The sum of the 8 lanes, in lane order. */
+static inline float sum8(__m256 v) {
+    float lanes[8], total = 0.0f;
+    _mm256_storeu_ps(lanes, v);
+    for (int l = 0; l < 8; l++) total += lanes[l];
+    return total;
+}
+
+/* log_positive on 8 lanes (the same polynomial, the same operations). */
+static inline __m256 log8(__m256 q) {
+    __m256i bits = _mm256_castps_si256(q);
+    __m256i biased = _mm256_and_si256(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(0xff));
+    __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(biased, _mm256_set1_epi32(126)));
+    bits = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32((int)0x807fffff)),
+                           _mm256_set1_epi32(0x3f000000));
+    __m256 m = _mm256_castsi256_ps(bits);
+    __m256 small = _mm256_cmp_ps(m, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+    e = _mm256_sub_ps(e, _mm256_and_ps(small, _mm256_set1_ps(1.0f)));
+    __m256 x = _mm256_sub_ps(_mm256_add_ps(m, _mm256_and_ps(small, m)), _mm256_set1_ps(1.0f));
+    __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.1514610310e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.1676998740e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.2420140846e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.4249322787e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.6668057665e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(2.0000714765e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-2.4999993993e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(3.3333331174e-1f));
+    y = _mm256_mul_ps(_mm256_mul_ps(y, x), z);
+    y = _mm256_fmadd_ps(_mm256_set1_ps(-2.12194440e-4f), e, y);
+    y = _mm256_fmadd_ps(_mm256_set1_ps(-0.5f), z, y);
+    return _mm256_fmadd_ps(_mm256_set1_ps(0.693359375f), e, _mm256_add_ps(x, y));
+}
+
+/* -w log w in the lanes of mask, 0 elsewhere (where w may be 0: log(1) is taken there). */
+static inline __m256 entropy8(__m256 w, __m256 mask) {
+    __m256 safe = _mm256_blendv_ps(_mm256_set1_ps(1.0f), w, mask);
+    return _mm256_sub_ps(_mm256_setzero_ps(), _mm256_and_ps(mask, _mm256_mul_ps(w, log8(safe))));
+}
+#endif
+
+/* One entry's share of fit and entropy: a weight of 0 adds nothing (also against a -inf entry),
+   one below 1e-30 nothing to the entropy (see mixem_expectation_f32). */
+static inline void expect_entry(float q, float value, float *f, float *h) {
+    *f += q > 0.0f ? q * value : 0.0f;
+    *h -= q > 1e-30f ? q * log_positive(q) : 0.0f;
+}
+
+/* One row of mixem_expectation_f32 (below); also run by the softmax on each row it has just
+   written, while the row and its weights are in L1. Most weights of a well-separated mixture
+   are 0: with AVX2 the log is taken only for the groups of 8 that hold one above 1e-30. */
+static inline void expect_row(const float *row, const float *q, int64_t K, float *fit_out,
+                              float *entropy_out) {
+    float f = 0.0f, h = 0.0f;
+    int64_t j = 0;
+#ifdef __AVX2__
+    __m256 vf = _mm256_setzero_ps(), vh = _mm256_setzero_ps();
+    __m256 zero = _mm256_setzero_ps(), tiny = _mm256_set1_ps(1e-30f);
+    for (; j + 8 <= K; j += 8) {
+        __m256 w = _mm256_loadu_ps(q + j);
+        __m256 positive = _mm256_cmp_ps(w, zero, _CMP_GT_OQ);
+        if (!_mm256_movemask_ps(positive)) continue;
+        /* q * row only where q > 0 (0 * -inf would be NaN) */
+        vf = _mm256_add_ps(vf, _mm256_and_ps(positive, _mm256_mul_ps(w, _mm256_loadu_ps(row + j))));
+        __m256 large = _mm256_cmp_ps(w, tiny, _CMP_GT_OQ);
+        if (!_mm256_movemask_ps(large)) continue;
+        vh = _mm256_add_ps(vh, entropy8(w, large));
+    }
+    f = sum8(vf);
+    h = sum8(vh);
+#endif
+    for (; j < K; j++) expect_entry(q[j], row[j], &f, &h);
+    *fit_out = f;
+    *entropy_out = h;
+}
+
+/* One row of the softmax: out[j] = exp(row[j] - peak) * scale for the entries within `cutoff`
+   of the maximum (those summarise() summed), 0 for the rest (each under exp(-18) / K of the
+   maximum's weight: together under half an ulp of the row's total). Skipping them spares an
+   exp per entry, most of a well-separated row, and never makes a subnormal weight (slow to
+   compute with). With fit not NULL, also expect_row's fit and entropy of the row, from the
+   weights while they are in registers. */
+static inline void softmax_row(const float *row, int64_t K, float peak, float scale,
+                               float cutoff, float *out, float *fit, float *entropy) {
+    float f = 0.0f, h = 0.0f;
+    int64_t j = 0;
+#ifdef __AVX2__
+    __m256 vf = _mm256_setzero_ps(), vh = _mm256_setzero_ps();
+    __m256 vpeak = _mm256_set1_ps(peak), vnear = _mm256_set1_ps(cutoff);
+    __m256 vscale = _mm256_set1_ps(scale), floor = _mm256_set1_ps(-87.0f);
+    for (; j + 8 <= K; j += 8) {
+        __m256 r = _mm256_loadu_ps(row + j), d = _mm256_sub_ps(r, vpeak);
+        __m256 near = _mm256_cmp_ps(d, vnear, _CMP_GT_OQ);
+        if (!_mm256_movemask_ps(near)) {
+            _mm256_storeu_ps(out + j, _mm256_setzero_ps());
+            continue;
+        }
+        __m256 w = _mm256_and_ps(near, _mm256_mul_ps(exp8(_mm256_max_ps(d, floor)), vscale));
+        _mm256_storeu_ps(out + j, w);
+        if (!fit) continue;
+        vf = _mm256_add_ps(vf, _mm256_and_ps(near, _mm256_mul_ps(w, r)));
+        vh = _mm256_add_ps(vh, entropy8(w, near));
+    }
+    f = sum8(vf);
+    h = sum8(vh);
+#endif
+    for (; j < K; j++) {
+        float d = row[j] - peak;
+        out[j] = d > cutoff ? exp_clamped(d < -87.0f ? -87.0f : d) * scale : 0.0f;
+        expect_entry(out[j], row[j], &f, &h);
+    }
+    if (fit) {
+        *fit = f;
+        *entropy = h;
+    }
+}
+
+/* The same, and weights[i, j] = exp(row[j] - top[i]) / total[i] (see softmax_row), as
+   torch.softmax: relative to the maximum, so the rounding of a large logsumexp never enters a
+   weight; fit and entropy (not NULL) as mixem_expectation_f32 gives them for those weights. */
+int mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld, float *top,
+                      int64_t *arg, float *lse, float *weights, float *fit, float *entropy) {
+    float *totals = malloc(sizeof(float) * (n > 0 ? n : 1));
+    if (!totals || summarise(table, n, K, ld, top, arg, lse, totals)) {
+        free(totals);
+        return 1;
+    }
+    float cutoff = skip_cutoff(K);
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = table + i * ld;
+        float *out = weights + i * K;
+        if (!(lse[i] > -INFINITY && lse[i] < INFINITY)) {  /* NaN, as torch.softmax */
+            for (int64_t j = 0; j < K; j++) out[j] = NAN;
+            if (fit) expect_row(row, out, K, fit + i, entropy + i);
+            continue;
+        }
+        softmax_row(row, K, top[i], 1.0f / totals[i], cutoff, out, fit ? fit + i : NULL,
+                    fit ? entropy + i : NULL);
+    }
+    free(totals);
+    return 0;
+}
+
 /* fit[i] = sum_j q[i, j] table[i, j] and entropy[i] = -sum_j q[i, j] log q[i, j], in one pass;
    a weight of 0 contributes nothing (also against a -inf entry), and so does one below 1e-30
    to the entropy (q log q > -1e-28 there: nothing, and below float's normal range). */
 void mixem_expectation_f32(const float *table, int64_t n, int64_t K, int64_t ld,
                            const float *weights, float *fit, float *entropy) {
-    for (int64_t i = 0; i < n; i++) {
-        const float *row = table + i * ld, *q = weights + i * K;
-        float f = 0.0f, h = 0.0f;
-#pragma omp simd reduction(+ : f, h)
-        for (int64_t j = 0; j < K; j++) {
-            f += q[j] > 0.0f ? q[j] * row[j] : 0.0f;
-            h -= q[j] > 1e-30f ? q[j] * log_positive(q[j]) : 0.0f;
-        }
-        fit[i] = f;
-        entropy[i] = h;
-    }
+    for (int64_t i = 0; i < n; i++)
+        expect_row(table + i * ld, weights + i * K, K, fit + i, entropy + i);
 }
 
 /* out[labels[i]] += values[i] - offset for the n rows of values (n, D) (offset (D,) or NULL:

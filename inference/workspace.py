@@ -42,10 +42,12 @@ class _Workspace:
 
 
 class _Stack(threading.local):
-    """Active workspaces, innermost last; one stack per thread, so threads never share one."""
+    """Active workspaces, innermost last; one stack per thread, so threads never share one;
+    and the places offered by ``placing``."""
 
     def __init__(self) -> None:
         self.spaces: list[_Workspace] = []
+        self.places: dict[str, Tensor] = {}
 
 
 _stack = _Stack()
@@ -101,3 +103,32 @@ def is_reused(tensor: Tensor) -> bool:
         for (key, *_), flat in _stack.spaces[-1].buffers.items()
         if not key.startswith("tmp:")
     )
+
+
+@contextlib.contextmanager
+def placing(slot: str, target: Tensor) -> Iterator[None]:
+    """Within the block, ``placed(slot, ...)`` hands out ``target`` (once): the final home of a
+    result (e.g. the rows of the E-step's q that a chunk's softmax fills), so that the result
+    is written there directly instead of being copied there afterwards."""
+    _stack.places[slot] = target
+    try:
+        yield
+    finally:
+        _stack.places.pop(slot, None)
+
+
+def placed(slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """The target offered by ``placing(slot, ...)`` when it is a contiguous tensor of ``shape``
+    in ``like``'s dtype and device (it is then taken: a second request gets a new tensor), else
+    a new uninitialised tensor."""
+    target = _stack.places.get(slot)
+    if (
+        target is not None
+        and tuple(target.shape) == shape
+        and target.dtype == like.dtype
+        and target.device == like.device
+        and target.is_contiguous()
+    ):
+        del _stack.places[slot]
+        return target
+    return torch.empty(shape, dtype=like.dtype, device=like.device)

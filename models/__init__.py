@@ -5,6 +5,11 @@ The contract between a model and the inference code (``inference/``) is small:
 * the model is callable as ``model(x)`` with data ``x`` of shape (N, D); it draws the
   assignment at sample site ``"z"`` (a discrete distribution over ``range(K)``) and observes
   ``x`` at site ``"x"``, both inside ``pyro.plate("data", N)``;
+* it is a density of x: its distributions may depend on the parameters and on the number of
+  rows, not on the values of x other than at the observed site (the E-step traces it once per
+  chunk length and swaps in each chunk's rows; it checks this once per model, and traces per
+  chunk a model that breaks it, or whose data reach a site as a per-point mask or a transformed
+  observation);
 * it has an ``n_components`` attribute (K);
 * optionally, a closed-form M-step: ``sufficient_statistics(x, q) -> dict`` of sums that are
   additive over points (it must contain ``"counts"``, shape (K,)) and ``m_step(stats)`` that

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import without_native
 
-from inference import native, reductions
+from inference import native, reductions, workspace
 from inference.em import e_step
-from inference.families import Categorical, Delta
+from inference.families import Categorical, Delta, Sampled
 from models import RestrictedGMM
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler here")
@@ -48,9 +48,23 @@ def check_summary(table: torch.Tensor, top: torch.Tensor, arg: torch.Tensor, lse
 def test_native_summary_equals_torch(index):
     table = tables()[index]
     check_summary(table, *native.row_summary(table))
-    top, arg, lse, weights = native.softmax(table)
+    top, arg, lse, weights, fit, entropy = native.softmax(table)
     check_summary(table, top, arg, lse)
     torch.testing.assert_close(weights, torch.softmax(table, 1), rtol=1e-5, atol=1e-6)
+    # taken while each row was written: the numbers of the separate pass, to the bit
+    separate = native.expectation(table, weights)
+    assert torch.equal(fit, separate[0]) and torch.equal(entropy, separate[1])
+
+
+@needs_native
+def test_the_softmax_expectation_is_used_only_for_its_own_table_and_weights():
+    table = tables()[3]
+    weights = reductions.softmax_rows(table)
+    assert reductions.remembered_expectation(table, weights) is not None
+    assert reductions.remembered_expectation(table.clone(), weights) is None
+    assert reductions.remembered_expectation(table, weights.clone()) is None
+    weights[0, 0] += 1.0  # written to since: forgotten
+    assert reductions.remembered_expectation(table, weights) is None
 
 
 @pytest.mark.parametrize("index", range(6))
@@ -118,6 +132,15 @@ def test_remembered_summary_is_dropped_when_the_table_changes():
     assert again is not first and int(again.arg[0]) == 0
 
 
+@pytest.mark.skipif(
+    native._compiler() is None or os.environ.get("MIXEM_NATIVE") == "0",
+    reason="no C compiler here, or the C kernels are switched off",
+)
+def test_the_c_kernels_build_wherever_there_is_a_compiler():
+    # a source that fails to compile would otherwise only skip the tests marked needs_native
+    assert native.available()
+
+
 def test_native_off_by_environment(tmp_path):
     """MIXEM_NATIVE=0 turns the C loop off; a fresh interpreter reports it unavailable."""
     env = {**os.environ, "MIXEM_NATIVE": "0", "MIXEM_CACHE_DIR": str(tmp_path)}
@@ -168,9 +191,25 @@ def test_e_step_recycles_a_dead_q_only_when_it_fits():
     again = e_step(model, Categorical(), x, chunk_size=128, recycle=old.q)
     assert again.q.weights.data_ptr() == old.q.weights.data_ptr()
     assert torch.equal(again.q.weights, fresh.q.weights)
+    assert (again.elbo, again.log_evidence) == (fresh.elbo, fresh.log_evidence)
+    assert not workspace._stack.places  # every offered place was withdrawn
     hard = e_step(model, Delta(), x, chunk_size=128, recycle=fresh.q)  # (N, 1): no fit
     assert hard.q.weights.data_ptr() != fresh.q.weights.data_ptr()
     assert torch.equal(fresh.q.weights, again.q.weights)  # left alone
+    sampled = e_step(model, Sampled(seed=3), x, chunk_size=128)
+    # its softmax may write into the dead q's memory; its own q is (N, 1)
+    over_old = e_step(model, Sampled(seed=3), x, chunk_size=128, recycle=again.q)
+    assert torch.equal(sampled.q.indices, over_old.q.indices)
+
+
+def test_a_place_is_handed_out_once_and_only_when_it_fits():
+    target = torch.zeros(4, 3)
+    with workspace.placing("weights", target):
+        assert workspace.placed("weights", (4, 2), target) is not target  # wrong shape
+        assert workspace.placed("weights", (4, 3), target.double()) is not target  # dtype
+        assert workspace.placed("weights", (4, 3), target) is target
+        assert workspace.placed("weights", (4, 3), target) is not target  # taken already
+    assert workspace.placed("weights", (4, 3), target) is not target
 
 
 @needs_native
@@ -247,3 +286,14 @@ def test_eager_argmax_of_a_nan_row_is_its_first_nan():
         [[1.0, math.nan, 3.0, math.nan], [0.0, 2.0, 2.0, 1.0]], dtype=torch.float64
     )
     assert reductions.eager_max_rows(table)[1].tolist() == [1, 1]
+
+
+@needs_native
+def test_native_softmax_gives_no_weight_to_what_the_sum_left_out():
+    K = 64
+    table = torch.full((3, K), -(18 + math.log(K)) - 0.5)  # each under exp(-18) / K
+    table[:, 0], table[:, 5] = 0.0, -1.0
+    weights = native.softmax(table)[3]
+    assert int((weights > 0).sum()) == 6 and bool((weights[:, [0, 5]] > 0).all())
+    torch.testing.assert_close(weights, torch.softmax(table, 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights.sum(1), torch.ones(3), rtol=0, atol=1e-6)
