@@ -231,7 +231,7 @@ def fit(
         x: (N, D) data; float32 or float64, computation stays in its dtype.
         guide: family of q; ``Delta()`` (hard EM) by default; or a schedule
             ``iteration -> family`` (e.g. ``Anneal``) giving the family of each E-step.
-        chunk_size: rows per enumerated trace (bounds memory by chunk_size x K).
+        chunk_size: rows per chunk of the E-step and M-step (bounds memory by chunk_size x K).
         m_step: "auto" (closed form if the model has one), "closed", "gradient", or a function
             ``(model, x, estep) -> n_relocated``; ``estep.q``'s memory is reused by the next
             E-step, so a function that keeps q beyond its call must keep a copy.

@@ -110,7 +110,8 @@ class _Tables:
     reach its sites other than as the observed value (a per-point mask, a transformed
     observation) is traced per chunk. The first time a trace serves a second chunk, its table is
     checked against a fresh trace's, once per model: a model that computes its distributions
-    from the data is then traced per chunk, as before.
+    from the data is then traced per chunk, as before, when that pair of chunks shows it (a
+    sample, not a proof: the rule is part of the model contract).
     """
 
     def __init__(self, model: Model) -> None:
@@ -187,7 +188,7 @@ def log_joint(model: Model, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> 
     Args:
         model: a mixture following the site contract.
         x: (N, D) data.
-        chunk_size: rows per enumerated trace.
+        chunk_size: rows per chunk.
     Returns:
         (N, K) tensor in ``x``'s dtype.
     """

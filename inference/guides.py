@@ -57,7 +57,9 @@ class GuideFamily(Protocol):
         ...
 
     def e_step(self, log_joint: Tensor) -> Responsibilities:
-        """Best member of the family for a chunk; ``log_joint`` is (n, K)."""
+        """Best member of the family for a chunk; ``log_joint`` is (n, K). A softmax taken here
+        (``reductions.softmax_rows``) may be written into memory that the next E-step reuses:
+        a family that keeps it beyond the call must keep a copy."""
         ...
 
 

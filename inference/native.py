@@ -227,6 +227,8 @@ def label_sums(
     labels = labels.contiguous()
     n, D = values.shape
     shift = None if offset is None else offset.to(torch.float32).contiguous()
+    assert shift is None or shift.numel() == D, "one offset per column of values"
+    assert labels.dtype == torch.int64 and labels.shape == (n,)
     out = torch.zeros(n_components, D, dtype=torch.float32)
     lib.mixem_label_sums_f32(
         values.data_ptr(), n, D, labels.data_ptr(), _rows(shift, 0, 0), out.data_ptr()

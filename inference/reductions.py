@@ -100,8 +100,11 @@ def logsumexp_rows(table: Tensor) -> Tensor:
 def softmax_rows(table: Tensor) -> Tensor:
     """(n, K) exp(table - logsumexp) row by row, as ``torch.softmax(table, 1)`` to rounding;
     ``table`` is (n, K). In C, entries more than 18 + log K below their row's maximum get
-    weight 0 (together they hold under exp(-18) of the row: half an ulp of its sum); in torch,
-    entries below exp(-87) of their row's total are 0.
+    weight 0 (together they hold under exp(-18) of the row: half an ulp of its sum); torch
+    gives them their tiny weights.
+
+    Inside an E-step the weights may be written into the previous q's memory (see
+    ``Assembler.offer``): a guide family that keeps them beyond its E-step must copy them.
 
     The C loop also takes E_q[table] and H(q) of each row it writes (the exact posterior's
     point fit and entropy, which the E-step asks for next): ``remembered_expectation``."""
@@ -110,7 +113,7 @@ def softmax_rows(table: Tensor) -> Tensor:
         top, arg, lse, weights, fit, entropy = native.softmax(table, out)
         _remember(table, RowSummary(top, arg, lse))
         global _last_expectation
-        if not table.is_inference():
+        if not (table.is_inference() or weights.is_inference()):
             _last_expectation = (_key(table), _key(weights), fit, entropy)
         return weights
     return torch.softmax(table, dim=1)

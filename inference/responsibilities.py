@@ -107,7 +107,8 @@ class Responsibilities(NamedTuple):
         if self._is_one_hot():  # a Delta q: sums by label, no (N, S) product with ones
             assert self.indices is not None
             flat = values.reshape(values.shape[0], -1)
-            shift = None if offset is None else offset.reshape(-1)
+            # broadcast as values - offset would, one number per column of flat
+            shift = None if offset is None else offset.broadcast_to(values.shape[1:]).reshape(-1)
             sums = _label_sums(flat, self.indices[:, 0], n_components, shift)
             return sums.reshape(n_components, *values.shape[1:])
         if offset is not None:
@@ -133,7 +134,9 @@ def _label_sums(
         values.dtype == torch.float32
         and values.device.type == "cpu"
         and not values.requires_grad
-        and (offset is None or not offset.requires_grad)
+        and (offset is None or (offset.dtype == values.dtype and not offset.requires_grad))
+        and labels.dtype == torch.int64
+        and labels.device.type == "cpu"
         and labels.numel() > 0
         and native.available()
     )
@@ -172,7 +175,7 @@ class Assembler:
         of the q being built (when that q is dense and its memory is known: the recycled one),
         and ``put`` then has nothing to copy."""
         target = self.weights if self.weights is not None else self._dense_recycle()
-        if target is None or self.indices is not None:
+        if target is None or self.indices is not None or not _writable(target):
             return contextlib.nullcontext()
         return workspace.placing("weights", target[start : start + n])
 
@@ -210,6 +213,11 @@ class Assembler:
         return Responsibilities(self.weights, self.indices)
 
 
+def _writable(tensor: Tensor) -> bool:
+    """False for an inference-mode tensor outside inference mode (it may not be written to)."""
+    return not tensor.is_inference() or torch.is_inference_mode_enabled()
+
+
 def _same_memory(a: Tensor, b: Tensor) -> bool:
     """True when ``a`` and ``b`` are the same elements of the same memory."""
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
@@ -221,6 +229,7 @@ def _recycled(old: Tensor | None, like: Tensor, n_rows: int) -> Tensor:
     shape = (n_rows, like.shape[1])
     if (
         old is not None
+        and _writable(old)
         and old.shape == shape
         and old.dtype == like.dtype
         and old.device == like.device

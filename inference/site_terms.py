@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from pyro.distributions import ExpandedDistribution
+from pyro.distributions import ExpandedDistribution, MaskedDistribution
 from pyro.distributions.util import is_identically_one, scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
@@ -43,8 +43,8 @@ class Term(NamedTuple):
 def plate_terms(trace: Any, x: Tensor) -> tuple[list[Term], bool]:
     """The data plate's sites of ``trace`` (a trace of the chunk ``x``), checked, and whether
     they serve other chunks of the same length: the data reach them only as the observed value
-    (``x`` itself), and no site carries a per-point scale or mask (which could come from the
-    data)."""
+    (``x`` itself), and no site carries a per-point scale or mask, on the site or inside its
+    distribution (``dist.mask``), which could come from the data."""
     terms, reusable = [], True
     for name in trace.stochastic_nodes + trace.observation_nodes:
         site: Any = trace.nodes[name]
@@ -58,9 +58,8 @@ def plate_terms(trace: Any, x: Tensor) -> tuple[list[Term], bool]:
         if name != ASSIGNMENT_SITE and name in trace.stochastic_nodes:
             raise MixemError(f"latent site {name!r}: only {ASSIGNMENT_SITE!r} may be latent")
         observes_chunk = site["is_observed"] and site["value"] is x
-        reusable &= _is_scalar(site["scale"]) and (
-            site["mask"] is None or isinstance(site["mask"], bool)
-        )
+        reusable &= _is_scalar(site["scale"]) and _is_fixed_mask(site["mask"])
+        reusable &= not _masks_inside(site["fn"])
         reusable &= observes_chunk or not site["is_observed"]
         value = None if observes_chunk else site["value"]
         terms.append(
@@ -73,6 +72,19 @@ def _is_scalar(scale: Any) -> bool:
     return isinstance(scale, (int, float)) or (isinstance(scale, Tensor) and scale.dim() == 0)
 
 
+def _is_fixed_mask(mask: Any) -> bool:
+    return mask is None or isinstance(mask, bool)
+
+
+def _masks_inside(fn: Any) -> bool:
+    """True when a wrapper of ``fn`` (expanded, independent, masked ...) masks by a tensor."""
+    while fn is not None:
+        if isinstance(fn, MaskedDistribution) and not _is_fixed_mask(fn._mask):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
+
+
 def sum_terms(
     terms: list[Term], x: Tensor, K: int, fixed: dict[int, Tensor] | None = None
 ) -> Tensor:
@@ -81,11 +93,12 @@ def sum_terms(
     The terms that are already (K, n) (the observation's, usually) are added to the small ones
     (the prior's (K, 1)) in one pass, so a chunk's table costs a single extra read and write
     whatever the model; none when the observation's distribution takes the small terms into its
-    own computation (``log_prob_plus``, e.g. in a GEMM's bias). The result is a new tensor (no
-    site's log_prob is written to) or a reused buffer, in the memory layout of the largest term,
-    so an (n, K) GEMM table comes back contiguous. ``fixed``: kept with a trace that serves
-    several chunks; the log-densities of the sites that do not observe the chunk (the same for
-    every chunk: the prior's) are kept there after their first evaluation.
+    own computation (``log_prob_plus``, e.g. in a GEMM's bias). The result is a new tensor, a
+    reused buffer, or (a single term with nothing to add) that term's own log-density, in the
+    memory layout of the largest term, so an (n, K) GEMM table comes back contiguous; no site's
+    log-density is written to unless it lies in a reused buffer. ``fixed``: kept with a trace
+    that serves several chunks; the log-densities of the sites that do not observe the chunk
+    (the same for every chunk: the prior's) are kept there after their first evaluation.
     """
     n = x.shape[0]
     full: list[Tensor] = []

@@ -21,6 +21,8 @@ exactly, the rounding is that of data centred as scikit-learn centres them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import torch
@@ -108,6 +110,8 @@ class ExpFamilyComponents(TorchDistribution):
         K = self.n_components
         if not (z.shape == (K, 1) and value.dim() == 2 and _is_arange(z.reshape(-1), K)):
             return None
+        if not _folds(type(self)):  # a subclass with its own log_prob, or an older table
+            return None
         if self._validate_args:
             self._validate_sample(value)
         return self.log_prob_table(value, per_component).T
@@ -162,6 +166,15 @@ class ExpFamilyComponents(TorchDistribution):
         if not _is_arange(flat, self.n_components):
             table = table[:, flat]
         return table.T.reshape(*z.shape[:-1], value.shape[0])
+
+
+@functools.cache
+def _folds(cls: type[ExpFamilyComponents]) -> bool:
+    """True when ``cls`` computes its enumerated log-density as this module's ``log_prob`` does
+    (it does not override it) and its ``log_prob_table`` takes the ``per_component`` terms."""
+    if cls.log_prob is not ExpFamilyComponents.log_prob:
+        return False
+    return "per_component" in inspect.signature(cls.log_prob_table).parameters
 
 
 def gathered_dots(

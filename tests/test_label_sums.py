@@ -64,3 +64,20 @@ def test_per_point_statistics_of_any_shape_are_summed_by_label():
     summed = Responsibilities.one_hot(labels, torch.float32).weighted_sum(outer, 3)
     assert summed.shape == (3, 2, 2)
     assert torch.equal(summed, torch.zeros(3, 2, 2).index_add_(0, labels, outer))
+
+
+def test_labels_and_offsets_of_any_kind_give_index_add_results():
+    values, labels, offset = problem(60, 3, 4, seed=5)
+    expected = torch.zeros(4, 3).index_add_(0, labels, values - offset)
+    narrow = Responsibilities(torch.ones(60, 1), labels.int()[:, None])  # int32 labels
+    assert torch.equal(narrow.weighted_sum(values, 4, offset), expected)
+    q = Responsibilities.one_hot(labels, torch.float32)
+    scalar = torch.tensor(2.5)  # broadcast to every column
+    assert torch.equal(q.weighted_sum(values, 4, scalar), q.weighted_sum(values - scalar, 4))
+    wide = q.weighted_sum(values, 4, offset.double())  # float64 offset: float64 sums, as torch
+    assert wide.dtype == torch.float64
+    assert torch.equal(
+        wide, torch.zeros(4, 3).double().index_add_(0, labels, values - offset.double())
+    )
+    outer = values[:, :, None] * values[:, None, :]  # (N, D, D) with a (D,) offset
+    assert torch.equal(q.weighted_sum(outer, 4, offset), q.weighted_sum(outer - offset, 4))

@@ -297,3 +297,17 @@ def test_native_softmax_gives_no_weight_to_what_the_sum_left_out():
     assert int((weights > 0).sum()) == 6 and bool((weights[:, [0, 5]] > 0).all())
     torch.testing.assert_close(weights, torch.softmax(table, 1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(weights.sum(1), torch.ones(3), rtol=0, atol=1e-6)
+
+
+def test_softmax_and_recycled_q_work_with_inference_mode_tensors():
+    g = torch.Generator().manual_seed(6)
+    table = torch.randn(50, 4, generator=g)
+    with torch.inference_mode():
+        weights = reductions.softmax_rows(table)  # a normal table, inference-mode weights
+    torch.testing.assert_close(weights, torch.softmax(table, 1), rtol=1e-5, atol=1e-6)
+    x = torch.randn(300, 2, generator=g)
+    model = RestrictedGMM(x[:4].clone())
+    with torch.inference_mode():
+        made_inside = e_step(model, Categorical(), x, chunk_size=64)
+    outside = e_step(model, Categorical(), x, chunk_size=64, recycle=made_inside.q)
+    assert torch.equal(outside.q.weights, made_inside.q.weights)

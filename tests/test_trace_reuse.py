@@ -18,6 +18,7 @@ from inference.em import e_step
 from inference.enumerate import _reuse_checked, iter_log_joint, log_joint
 from inference.guides import Delta
 from models import GMM, RestrictedGMM, VMFMixture
+from models.components import IsotropicNormalComponents
 
 LOCS = torch.tensor([[0.0, 0.0], [3.0, 1.0], [-2.0, 4.0]], dtype=torch.float64)
 
@@ -117,3 +118,37 @@ def test_e_steps_with_reused_traces_match_chunk_by_chunk_e_steps():
     assert torch.equal(whole.point_fit, torch.cat([p.point_fit for p in parts]))
     tables = [t.clone() for _, t in iter_log_joint(model, x, 64, reuse=True)]
     assert torch.equal(torch.cat(tables), per_chunk_truth(model, x.float(), 64))
+
+
+def test_a_mask_inside_the_distribution_is_never_reused():
+    # dist.mask hides the per-point mask from the site; the first pair of chunks agree here
+    def robust(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3, dtype=x.dtype)))
+            near = IsotropicNormalComponents(LOCS, z).mask(x.norm(dim=1) < 50)
+            pyro.sample("x", near, obs=x)
+
+    x = blobs(12, 3, 2, seed=6)
+    x[9] = 100.0  # an outlier in the third chunk of 4, masked out
+    assert torch.equal(log_joint(robust, x, 4), per_chunk_truth(robust, x, 4))
+
+
+def test_subclasses_with_their_own_log_prob_are_not_offered_the_prior():
+    class OwnLogProb(IsotropicNormalComponents):
+        def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+            return super().log_prob(value) - 1.0  # a different density: must be used as is
+
+    class OldTable(IsotropicNormalComponents):
+        def log_prob_table(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return super().log_prob_table(x)
+
+    x = blobs(40, 3, 2, seed=7)
+    reference = log_joint(RestrictedGMM(LOCS.clone()), x)
+    for component, shift in ((OwnLogProb, -1.0), (OldTable, 0.0)):
+
+        def model(x: torch.Tensor, component=component) -> None:
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3, dtype=x.dtype)))
+                pyro.sample("x", component(LOCS, z), obs=x)
+
+        torch.testing.assert_close(log_joint(model, x, 16), reference + shift)
