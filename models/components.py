@@ -264,16 +264,19 @@ class IsotropicNormalComponents(ExpFamilyComponents):
         product as an extra feature saves a pass but made the rounding depend on the number of
         rows, i.e. on the chunk size; this form gives bit-identical tables for any chunking.)
         """
-        centred = x - self.reference
         bias = self._component_terms
         if per_component is not None:
             bias = bias + per_component
         if torch.is_grad_enabled() and self._centred_locs.requires_grad:  # out= can't backprop
+            centred = x - self.reference
             table = torch.addmm(bias, centred, self._centred_locs.T)
-        else:
-            out = workspace.output("components", (x.shape[0], self.n_components), x)
-            table = torch.addmm(bias, centred, self._centred_locs.T, out=out)
-        return table.sub_(0.5 * centred.square().sum(-1, keepdim=True))
+            return table.sub_(0.5 * centred.square().sum(-1, keepdim=True))
+        # the (n, D) temporaries in reused memory: fresh ones cost as much as the arithmetic
+        centred = torch.sub(x, self.reference, out=workspace.temporary("centred", x))
+        squares = torch.square(centred, out=workspace.temporary("squares", x))
+        out = workspace.output("components", (x.shape[0], self.n_components), x)
+        table = torch.addmm(bias, centred, self._centred_locs.T, out=out)
+        return table.sub_(squares.sum(-1, keepdim=True).mul_(0.5))
 
     def log_prob_candidates(self, x: Tensor) -> Tensor:
         """(m, n) as the base class for ``x`` (n, D) and an (m, n) assignment, with ``x``
