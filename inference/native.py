@@ -106,6 +106,10 @@ def _library() -> ctypes.CDLL | None:
     lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 6]
     lib.mixem_expectation_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
     lib.mixem_expectation_f32.restype = None
+    lib.mixem_gathered_dots_f32.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 2]
+    lib.mixem_gathered_dots_f32.argtypes += [ctypes.c_void_p, *[ctypes.c_int64] * 3]
+    lib.mixem_gathered_dots_f32.argtypes += [ctypes.c_void_p] * 3
+    lib.mixem_gathered_dots_f32.restype = None
     lib.mixem_label_sums_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     lib.mixem_label_sums_f32.argtypes += [ctypes.c_void_p] * 3
     lib.mixem_label_sums_f32.restype = None
@@ -233,4 +237,39 @@ def label_sums(
     lib.mixem_label_sums_f32(
         values.data_ptr(), n, D, labels.data_ptr(), _rows(shift, 0, 0), out.data_ptr()
     )
+    return out
+
+
+def gathered_dots(
+    table: Tensor, assignment: Tensor, stats: Tensor, bias: Tensor | None, out: Tensor
+) -> Tensor:
+    """``out[j, i] = table[assignment[j, i]] . stats[i] (+ bias[assignment[j, i]])`` in C, the
+    points split over torch's threads; ``table`` (K, F), ``assignment`` (m, n) int64 in
+    0..K-1, ``stats`` (n, F), ``bias`` (K,) or None, ``out`` (m, n): all float32 CPU (but the
+    int64 assignment), contiguous. Returns ``out``."""
+    lib = _library()
+    assert lib is not None
+    K, F = table.shape
+    m, n = assignment.shape
+    for tensor in (table, stats, out, *(() if bias is None else (bias,))):
+        assert tensor.dtype == torch.float32 and tensor.is_contiguous()
+    assert assignment.dtype == torch.int64 and assignment.is_contiguous()
+    assert stats.shape == (n, F) and out.shape == (m, n)
+
+    def call(first: int, stop: int) -> int:
+        lib.mixem_gathered_dots_f32(
+            table.data_ptr(),
+            K,
+            F,
+            assignment.data_ptr() + 8 * first,
+            n,
+            m,
+            stop - first,
+            stats.data_ptr() + 4 * F * first,
+            _rows(bias, 0, 0),
+            out.data_ptr() + 4 * first,
+        )
+        return 0
+
+    _split_rows(call, n, "gathered_dots", K)
     return out

@@ -394,3 +394,38 @@ void mixem_label_sums_f32(const float *values, int64_t n, int64_t D, const int64
         }
     }
 }
+
+/* sum_f a[f] b[f]: with AVX2, 8 lanes of fused multiply-adds over f, then the lanes in order
+   and the last F mod 8 terms; otherwise one chain. The same order for every call with this F. */
+static inline float dot(const float *a, const float *b, int64_t F) {
+    float total = 0.0f;
+    int64_t f = 0;
+#ifdef __AVX2__
+    if (F >= 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (; f + 8 <= F; f += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + f), _mm256_loadu_ps(b + f), acc);
+        total = sum8(acc);
+    }
+#endif
+    for (; f < F; f++) total = fmaf(a[f], b[f], total);
+    return total;
+}
+
+/* out[j * ld + i] = sum_f table[assign[j * ld + i], f] stats[i, f] (+ bias[assign[...]]) for
+   j < m, i < n: the log-density terms of m candidate components per point, each a dot product
+   of the candidate's row of table (K, F) with the point's statistics (n, F), in one pass and
+   without the (n, F) gathered copies a torch version makes per candidate row (see dot for the
+   order of the sum). Candidates are in 0..K-1 (checked by the caller). */
+void mixem_gathered_dots_f32(const float *table, int64_t K, int64_t F, const int64_t *assign,
+                             int64_t ld, int64_t m, int64_t n, const float *stats,
+                             const float *bias, float *out) {
+    (void)K;
+    for (int64_t i = 0; i < n; i++) {
+        const float *s = stats + i * F;
+        for (int64_t j = 0; j < m; j++) {
+            int64_t c = assign[j * ld + i];
+            out[j * ld + i] = bias ? dot(table + c * F, s, F) + bias[c] : dot(table + c * F, s, F);
+        }
+    }
+}

@@ -1,8 +1,11 @@
-"""Sums by label (the M-step of a one-hot q): the C loop makes torch's index_add_ additions.
+"""The C loops that gather by component: sums by label and candidates' dot products.
 
 ``Responsibilities.weighted_sum`` of a Delta q sums each point's values into its component;
 for float32 CPU rows that runs in ``inference.native.label_sums``, which must give exactly the
-floats of ``index_add_`` (same additions, same order), with or without a reference point.
+floats of ``index_add_`` (same additions, same order), with or without a reference point. The
+truncated search's candidate log-densities (``models.components.gathered_dots``) run in
+``inference.native.gathered_dots``: torch's numbers to rounding, each point's independent of
+the others.
 """
 
 from __future__ import annotations
@@ -81,3 +84,25 @@ def test_labels_and_offsets_of_any_kind_give_index_add_results():
     )
     outer = values[:, :, None] * values[:, None, :]  # (N, D, D) with a (D,) offset
     assert torch.equal(q.weighted_sum(outer, 4, offset), q.weighted_sum(outer - offset, 4))
+
+
+@needs_native
+@pytest.mark.parametrize(("m", "n", "f", "k"), [(1, 1, 1, 1), (4, 300, 16, 1024), (3, 77, 13, 9)])
+def test_candidate_dot_products_in_c_equal_torch_to_rounding(m, n, f, k):
+    from models.components import gathered_dots
+
+    g = torch.Generator().manual_seed(m + n)
+    table, stats = torch.randn(k, f, generator=g), torch.randn(n, f, generator=g)
+    bias, assignment = torch.randn(k, generator=g), torch.randint(k, (m, n), generator=g)
+    fast = gathered_dots(table, assignment, stats, bias)
+    slow = without_native(lambda: gathered_dots(table, assignment, stats, bias))
+    exact = (table.double()[assignment] * stats.double()).sum(-1) + bias.double()[assignment]
+    torch.testing.assert_close(fast.double(), exact, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    # a point's numbers do not depend on the other points (any chunking, any thread split)
+    half = n // 2
+    parts = [
+        gathered_dots(table, assignment[:, s].contiguous(), stats[s], bias)
+        for s in (slice(0, half), slice(half, n))
+    ]
+    assert torch.equal(torch.cat(parts, 1), fast)
