@@ -103,7 +103,7 @@ def _library() -> ctypes.CDLL | None:
     sizes: list[Any] = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
     lib.mixem_row_summary_f32.restype = lib.mixem_softmax_f32.restype = ctypes.c_int
     lib.mixem_row_summary_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
-    lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 6]
+    lib.mixem_softmax_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 7]
     lib.mixem_expectation_f32.argtypes = [*sizes, *[ctypes.c_void_p] * 3]
     lib.mixem_expectation_f32.restype = None
     lib.mixem_gathered_dots_f32.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 2]
@@ -194,19 +194,20 @@ def row_summary(table: Tensor, logsumexp: bool = True) -> tuple[Tensor, Tensor, 
 
 def softmax(
     table: Tensor, out: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``row_summary``, the (n, K) weights (softmax of each row, into ``out`` if given: an
-    (n, K) contiguous float32 tensor), and ``expectation(table, weights)``, taken from each row
-    while it is in L1 (no second pass over the table and the weights)."""
+    (n, K) contiguous float32 tensor), ``expectation(table, weights)`` and the weights' first
+    argmax (int64), all taken from each row while it is in L1 (no second pass over the table
+    and the weights)."""
     n, K = table.shape
     top, lse, fit, entropy = (table.new_empty(n) for _ in range(4))
     weights = table.new_empty(n, K) if out is None else out
     assert weights.shape == (n, K) and weights.is_contiguous() and weights.dtype == table.dtype
-    arg = torch.empty(n, dtype=torch.int64)
+    arg, labels = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
     per_row: list[tuple[Tensor | None, int]] = [(top, 4), (arg, 8), (lse, 4)]
-    per_row += [(weights, 4 * K), (fit, 4), (entropy, 4)]
+    per_row += [(weights, 4 * K), (fit, 4), (entropy, 4), (labels, 8)]
     _run("softmax", table, per_row)
-    return top, arg, lse, weights, fit, entropy
+    return top, arg, lse, weights, fit, entropy, labels
 
 
 def expectation(table: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:

@@ -110,16 +110,16 @@ def softmax_rows(table: Tensor) -> Tensor:
     point fit and entropy, which the E-step asks for next): ``remembered_expectation``."""
     if native.handles(table):
         out = workspace.placed("weights", tuple(table.shape), table)
-        top, arg, lse, weights, fit, entropy = native.softmax(table, out)
+        top, arg, lse, weights, fit, entropy, labels = native.softmax(table, out)
         _remember(table, RowSummary(top, arg, lse))
         global _last_expectation
         if not (table.is_inference() or weights.is_inference()):
-            _last_expectation = (_key(table), _key(weights), fit, entropy)
+            _last_expectation = (_key(table), _key(weights), fit, entropy, labels)
         return weights
     return torch.softmax(table, dim=1)
 
 
-_last_expectation: tuple[tuple, tuple, Tensor, Tensor] | None = None
+_last_expectation: tuple[tuple, tuple, Tensor, Tensor, Tensor] | None = None
 
 
 def _key(tensor: Tensor) -> tuple:
@@ -132,15 +132,22 @@ def remembered_expectation(table: Tensor, weights: Tensor) -> tuple[Tensor, Tens
     softmax ``softmax_rows`` last gave for ``table`` and neither changed since (else None)."""
     if _last_expectation is None or table.is_inference() or weights.is_inference():
         return None
-    (table_ref, table_version), (weights_ref, weights_version), fit, entropy = _last_expectation
-    if (
-        table_ref() is table
-        and table._version == table_version
-        and weights_ref() is weights
-        and weights._version == weights_version
-    ):
+    (table_ref, table_version), weights_key, fit, entropy, _ = _last_expectation
+    if table_ref() is table and table._version == table_version and _is_key(weights_key, weights):
         return fit, entropy
     return None
+
+
+def remembered_labels(weights: Tensor) -> Tensor | None:
+    """(n,) int64 first argmax of each row of ``weights`` (n, K) when they are the softmax
+    ``softmax_rows`` last wrote and have not changed since (else None)."""
+    if _last_expectation is None or weights.is_inference():
+        return None
+    return _last_expectation[4] if _is_key(_last_expectation[1], weights) else None
+
+
+def _is_key(key: tuple, tensor: Tensor) -> bool:
+    return key[0]() is tensor and tensor._version == key[1]
 
 
 def eager_max_rows(table: Tensor) -> tuple[Tensor, Tensor]:

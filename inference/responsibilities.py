@@ -17,7 +17,7 @@ from torch import Tensor
 
 from inference import native, workspace
 from inference.errors import MixemError
-from inference.reductions import argmax_rows
+from inference.reductions import argmax_rows, remembered_labels
 
 
 class Responsibilities(NamedTuple):
@@ -60,7 +60,8 @@ class Responsibilities(NamedTuple):
     def labels(self) -> Tensor:
         """(N,) int64: each point's most probable component (ties to the lowest column)."""
         if self.indices is None:  # argmax_rows: torch's argmax over a row is a scalar loop
-            return argmax_rows(self.weights)[1]
+            known = remembered_labels(self.weights)  # the softmax that wrote q took them
+            return known if known is not None else argmax_rows(self.weights)[1]
         if self.indices.shape[1] == 1:  # one state per point: it is the label
             return self.indices[:, 0]
         best = self.weights.argmax(dim=1, keepdim=True)

@@ -306,9 +306,10 @@ static inline void expect_row(const float *row, const float *q, int64_t K, float
    compute with). With fit not NULL, also expect_row's fit and entropy of the row, from the
    weights while they are in registers. */
 static inline void softmax_row(const float *row, int64_t K, float peak, float scale,
-                               float cutoff, float *out, float *fit, float *entropy) {
-    float f = 0.0f, h = 0.0f;
-    int64_t j = 0;
+                               float cutoff, float *out, float *fit, float *entropy,
+                               int64_t *label) {
+    float f = 0.0f, h = 0.0f, best = -1.0f;  /* every row has a weight > 0: its maximum's */
+    int64_t j = 0, best_at = 0;
 #ifdef __AVX2__
     __m256 vf = _mm256_setzero_ps(), vh = _mm256_setzero_ps();
     __m256 vpeak = _mm256_set1_ps(peak), vnear = _mm256_set1_ps(cutoff);
@@ -322,6 +323,11 @@ static inline void softmax_row(const float *row, int64_t K, float peak, float sc
         }
         __m256 w = _mm256_and_ps(near, _mm256_mul_ps(exp8(_mm256_max_ps(d, floor)), vscale));
         _mm256_storeu_ps(out + j, w);
+        /* the first largest weight: the block's few nonzero lanes, in column order */
+        for (int lanes = _mm256_movemask_ps(near); lanes; lanes &= lanes - 1) {
+            int64_t at = j + __builtin_ctz(lanes);
+            if (out[at] > best) best = out[at], best_at = at;
+        }
         if (!fit) continue;
         vf = _mm256_add_ps(vf, _mm256_and_ps(near, _mm256_mul_ps(w, r)));
         vh = _mm256_add_ps(vh, entropy8(w, near));
@@ -333,18 +339,22 @@ static inline void softmax_row(const float *row, int64_t K, float peak, float sc
         float d = row[j] - peak;
         out[j] = d > cutoff ? exp_clamped(d < -87.0f ? -87.0f : d) * scale : 0.0f;
         expect_entry(out[j], row[j], &f, &h);
+        if (out[j] > best) best = out[j], best_at = j;
     }
     if (fit) {
         *fit = f;
         *entropy = h;
     }
+    if (label) *label = best_at;
 }
 
 /* The same, and weights[i, j] = exp(row[j] - top[i]) / total[i] (see softmax_row), as
    torch.softmax: relative to the maximum, so the rounding of a large logsumexp never enters a
-   weight; fit and entropy (not NULL) as mixem_expectation_f32 gives them for those weights. */
+   weight; fit and entropy (not NULL) as mixem_expectation_f32 gives them for those weights;
+   labels (not NULL) each row's first largest weight, as argmax of the weights. */
 int mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld, float *top,
-                      int64_t *arg, float *lse, float *weights, float *fit, float *entropy) {
+                      int64_t *arg, float *lse, float *weights, float *fit, float *entropy,
+                      int64_t *labels) {
     float *totals = malloc(sizeof(float) * (n > 0 ? n : 1));
     if (!totals || summarise(table, n, K, ld, top, arg, lse, totals)) {
         free(totals);
@@ -357,10 +367,11 @@ int mixem_softmax_f32(const float *table, int64_t n, int64_t K, int64_t ld, floa
         if (!(lse[i] > -INFINITY && lse[i] < INFINITY)) {  /* NaN, as torch.softmax */
             for (int64_t j = 0; j < K; j++) out[j] = NAN;
             if (fit) expect_row(row, out, K, fit + i, entropy + i);
+            if (labels) labels[i] = 0;  /* argmax of NaN weights: the first */
             continue;
         }
         softmax_row(row, K, top[i], 1.0f / totals[i], cutoff, out, fit ? fit + i : NULL,
-                    fit ? entropy + i : NULL);
+                    fit ? entropy + i : NULL, labels ? labels + i : NULL);
     }
     free(totals);
     return 0;

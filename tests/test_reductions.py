@@ -48,9 +48,11 @@ def check_summary(table: torch.Tensor, top: torch.Tensor, arg: torch.Tensor, lse
 def test_native_summary_equals_torch(index):
     table = tables()[index]
     check_summary(table, *native.row_summary(table))
-    top, arg, lse, weights, fit, entropy = native.softmax(table)
+    top, arg, lse, weights, fit, entropy, labels = native.softmax(table)
     check_summary(table, top, arg, lse)
     torch.testing.assert_close(weights, torch.softmax(table, 1), rtol=1e-5, atol=1e-6)
+    # the weights' first argmax, ties and NaN rows included, as the separate pass finds it
+    assert torch.equal(labels, reductions.argmax_rows(weights)[1])
     # taken while each row was written: the numbers of the separate pass, to the bit
     separate = native.expectation(table, weights)
     assert torch.equal(fit, separate[0]) and torch.equal(entropy, separate[1])
@@ -63,8 +65,12 @@ def test_the_softmax_expectation_is_used_only_for_its_own_table_and_weights():
     assert reductions.remembered_expectation(table, weights) is not None
     assert reductions.remembered_expectation(table.clone(), weights) is None
     assert reductions.remembered_expectation(table, weights.clone()) is None
+    labels = reductions.remembered_labels(weights)
+    assert labels is not None and torch.equal(labels, reductions.argmax_rows(weights)[1])
+    assert reductions.remembered_labels(weights.clone()) is None
     weights[0, 0] += 1.0  # written to since: forgotten
     assert reductions.remembered_expectation(table, weights) is None
+    assert reductions.remembered_labels(weights) is None
 
 
 @pytest.mark.parametrize("index", range(6))
@@ -259,6 +265,7 @@ def test_native_softmax_stays_normalised_far_from_zero():
         torch.testing.assert_close(weights, torch.softmax(table, 1), rtol=1e-5, atol=5e-7)
     tied = torch.full((2, 2), 1e30)
     assert torch.equal(native.softmax(tied)[3], torch.full((2, 2), 0.5))
+    assert torch.equal(native.softmax(tied)[6], torch.zeros(2, dtype=torch.int64))  # the first
 
 
 @needs_native
