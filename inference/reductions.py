@@ -132,8 +132,8 @@ def remembered_expectation(table: Tensor, weights: Tensor) -> tuple[Tensor, Tens
     softmax ``softmax_rows`` last gave for ``table`` and neither changed since (else None)."""
     if _last_expectation is None or table.is_inference() or weights.is_inference():
         return None
-    (table_ref, table_version), weights_key, fit, entropy, _ = _last_expectation
-    if table_ref() is table and table._version == table_version and _is_key(weights_key, weights):
+    table_key, weights_key, fit, entropy, _ = _last_expectation
+    if _is_key(table_key, table) and _is_key(weights_key, weights):
         return fit, entropy
     return None
 

@@ -103,9 +103,9 @@ def sum_terms(
     n = x.shape[0]
     full: list[Tensor] = []
     small: list[Tensor] = []
-    folding = None
+    folding, plus = None, None
     for index, term in enumerate(terms):
-        if folding is None and _plus_method(term) is not None:
+        if folding is None and (plus := _plus_method(term)) is not None:
             folding = term  # evaluated last, with the small terms in hand
             continue
         log_prob = _fixed_log_prob(term, index, fixed) if fixed is not None else None
@@ -117,7 +117,6 @@ def sum_terms(
         (full if is_full else small).append(log_prob if is_full else _compact(log_prob))
     if folding is not None:
         per_component = _per_component(small, K, x)
-        plus = _plus_method(folding)
         folded = None if per_component is None or plus is None else plus(x, per_component)
         if folded is not None:
             small = []

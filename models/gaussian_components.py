@@ -126,10 +126,10 @@ class GaussianComponents(ExpFamilyComponents):
         component; ``x`` is (n, D)."""
         K, D = self.locs.shape
         operands = self._operands()
+        constant = self.log_norm if per_component is None else self.log_norm + per_component
         tracked = (self.locs, self.covariances, x)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
             # autograd (the gradient M-step): plain expressions, as out= cannot backpropagate
-            constant = self.log_norm if per_component is None else self.log_norm + per_component
             return constant - 0.5 * self._whitened(x, operands).square().sum(1)
         n = x.shape[0]
         table = workspace.output("components", (n, K), x)
@@ -150,7 +150,6 @@ class GaussianComponents(ExpFamilyComponents):
                 torch.addcmul(operands[1], centred[:m, :, None], right, out=y)
             torch.sum(y.square_(), 1, out=table[start : start + m])
         # table = log_norm - sum / 2, in place: one pass over (n, K), D times smaller than y
-        constant = self.log_norm if per_component is None else self.log_norm + per_component
         return table.mul_(-0.5).add_(constant)
 
     def log_prob_assigned(self, x: Tensor) -> Tensor:
