@@ -1,0 +1,85 @@
+"""One pass over the data per EM iteration, in cache-sized blocks of rows.
+
+For an exponential-family mixture the E-step table is S = (T - shift) eta^T + b + h[:, None]
+(N, K): T (N, F) the data's statistics, eta (K, F) the natural parameters, b (K,) =
+log pi_c - A(eta_c), h (N,) the base measure's log. ``run_pass`` computes it a block of rows at a time (BLAS gemm), reduces
+each row for the guide family and adds the M-step statistics while the block is in cache:
+
+- ``mode="hard"`` (Delta guide): q_i one-hot at the first argmax of S_i; E_q[S_i] = max_c S_ic,
+  entropy 0; counts and sum_t add each row to its label's sums.
+- ``mode="soft"`` (categorical guide at ``temperature`` 1, tempered families else): q_i =
+  softmax(S_i / temperature); counts += sum_i q_i, sum_t += q^T (T - shift); q written into
+  ``q_out`` (N, K) when given.
+
+The log evidence is sum_i logsumexp_c S_ic (of S, not S / temperature). Sums are in float64 and
+do not depend on the thread count. Rows with a NaN or an infinite maximum do not fail: their
+NaN reaches the ELBO (the caller checks that it is finite).
+
+The C kernel (``native_pass``) runs when it can (CPU, float32/float64, contiguous, a C compiler
+and scipy present, ``MIXEM_NATIVE`` not "0"); otherwise the torch reference (``reference``),
+with the same semantics.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from inference.kernels import native_pass, reference
+from inference.kernels.common import PassResult
+
+__all__ = ["PassResult", "native_available", "run_pass"]
+
+
+def native_available() -> bool:
+    """True when the C pass is built and enabled (float32 and float64)."""
+    return native_pass.available() and native_pass.available(native_pass.torch.float64)
+
+
+def run_pass(
+    t: Tensor,
+    natural: Tensor,
+    bias: Tensor,
+    base: Tensor | None = None,
+    shift: Tensor | None = None,
+    *,
+    mode: str = "hard",
+    temperature: float = 1.0,
+    old_labels: Tensor | None = None,
+    q_out: Tensor | None = None,
+    log_evidence: bool = True,
+    threads: int | None = None,
+) -> PassResult:
+    """One pass: the E-step's row reduction and the M-step's sums.
+
+    Args:
+        t: (N, F) statistics T(x), float32 or float64.
+        natural: (K, F) natural parameters eta, t's dtype.
+        bias: (K,) log pi_c - A(eta_c), t's dtype.
+        base: (N,) log h(x_i), t's dtype, or None (0).
+        shift: (F,) subtracted from each row of t, in the block, before the product and the
+            sums (location families: the GEMM of centred numbers keeps float32's precision for
+            data far from the origin), or None.
+        mode: "hard" or "soft".
+        temperature: > 0, the soft mode's q_i = softmax(S_i / temperature).
+        old_labels: (N,) int64 labels of the last pass, or None; gives ``n_changed``.
+        q_out: (N, K) t's dtype, contiguous, or None; soft mode writes q into it.
+        log_evidence: compute sum_i logsumexp_c S_ic (else the result's is NaN).
+        threads: threads for the C kernel (default torch.get_num_threads()).
+
+    Returns:
+        PassResult: labels (N,) int64, point_fit (N,) E_q[S_i] (t's dtype), counts (K,)
+        float64, sum_t (K, F) float64, elbo, log_evidence, n_changed.
+    """
+    args = (t, natural, bias, base, shift)
+    run = native_pass.run_pass
+    if not native_pass.handles(*args, old_labels, q_out):
+        run = reference.run_pass
+    return run(
+        *args,
+        mode=mode,
+        temperature=temperature,
+        old_labels=old_labels,
+        q_out=q_out,
+        log_evidence=log_evidence,
+        threads=threads,
+    )

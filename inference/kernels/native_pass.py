@@ -1,0 +1,197 @@
+"""The pass in C (``pass.c``), with scipy's BLAS gemm for each block's table.
+
+The rows are cut into super-blocks (``common.super_rows``: a function of the shapes only), each
+a range of blocks of a few hundred rows (``common.block_rows``) whose (rows, K) table stays in
+L2 while ``pass.c`` reduces it and adds the M-step sums into the super-block's own float64
+partial sums. Python threads take the super-blocks (ctypes releases the GIL; each call has its
+own block buffers); the partial sums are then added in super-block order, so the result is the
+same for any thread count, bit for bit. BLAS gemm runs single-threaded inside a block
+(``threadpoolctl`` limits it during the pass when installed; several threads each in their own
+gemm would otherwise share and oversubscribe OpenBLAS's pool).
+
+The gemm is scipy's ``sgemm`` / ``dgemm`` (Fortran, column-major), taken as function pointers
+from ``scipy.linalg.cython_blas``'s PyCapsules, so no BLAS is linked at build time. The library
+is compiled twice (float32 and float64, ``-DMIXEM_DOUBLE``) by ``inference.kernels.build``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import math
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from inference.kernels import build
+from inference.kernels.common import PassResult, block_rows, check, super_rows
+
+SOURCE = Path(__file__).parent / "pass.c"
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+@functools.lru_cache(maxsize=8)
+def _library(suffix: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The compiled pass for one dtype ("f32" / "f64"), or None when it cannot be built;
+    ``extra`` flags (the tests: ``-DMIXEM_PORTABLE``, the plain loops without intrinsics)."""
+    flags = build.native_flags() + (["-DMIXEM_DOUBLE"] if suffix == "f64" else []) + [*extra]
+    symbol = f"mixem_pass_{suffix}"
+    try:
+        lib = build.load(SOURCE, f"pass_{suffix}", flags, [symbol])
+    except (OSError, subprocess.SubprocessError):
+        return None
+    function = getattr(lib, symbol)
+    pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    function.argtypes = [pointer, size, size, size, size, *[pointer] * 4, flag, ctypes.c_double]
+    function.argtypes += [pointer, pointer, flag, size, *[pointer] * 5]
+    function.restype = ctypes.c_int
+    return lib
+
+
+@functools.lru_cache(maxsize=2)
+def _gemm(name: str) -> int | None:
+    """Address of scipy's Fortran BLAS ``name`` ("sgemm" / "dgemm"), or None without scipy."""
+    try:
+        from scipy.linalg import cython_blas
+    except ImportError:
+        return None
+    capsule = cython_blas.__pyx_capi__[name]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype = ctypes.c_void_p
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return get_pointer(capsule, get_name(capsule))
+
+
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when the C pass for ``dtype`` (float32 / float64) can run: ``MIXEM_NATIVE`` is not
+    "0", scipy is installed and the library was built."""
+    if os.environ.get("MIXEM_NATIVE", "1") == "0" or dtype not in DTYPES:
+        return False
+    gemm = "sgemm" if dtype == torch.float32 else "dgemm"
+    return (
+        _gemm(gemm) is not None
+        and _gemm("dgemm") is not None
+        and _library(DTYPES[dtype]) is not None
+    )
+
+
+def handles(t: Tensor, *others: Tensor | None) -> bool:
+    """True when the C pass can take ``t`` (N, F) and the other tensor arguments: CPU,
+    float32/float64, contiguous, no gradient, and ``available``."""
+    tensors = [t, *(x for x in others if x is not None)]
+    return (
+        all(x.device.type == "cpu" and x.is_contiguous() and not x.requires_grad for x in tensors)
+        and t.dim() == 2
+        and available(t.dtype)
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mixem-pass")
+
+
+@functools.lru_cache(maxsize=1)
+def _controller() -> Any:
+    """threadpoolctl's controller of the loaded libraries (its scan costs ~0.5 ms: once, after
+    scipy's BLAS is loaded), or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+def _one_blas_thread(work: int) -> contextlib.AbstractContextManager[Any]:
+    """BLAS limited to one thread for the pass (a no-op without threadpoolctl, and when each
+    gemm does ``work`` <= 2^18 multiply-adds: OpenBLAS runs those on one thread anyway)."""
+    controller = None if work <= 1 << 18 else _controller()
+    if controller is None:
+        return contextlib.nullcontext()
+    return controller.limit(limits=1, user_api="blas")
+
+
+def _address(tensor: Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def run_pass(
+    t: Tensor,
+    natural: Tensor,
+    bias: Tensor,
+    base: Tensor | None = None,
+    shift: Tensor | None = None,
+    *,
+    mode: str = "hard",
+    temperature: float = 1.0,
+    old_labels: Tensor | None = None,
+    q_out: Tensor | None = None,
+    log_evidence: bool = True,
+    threads: int | None = None,
+) -> PassResult:
+    """The C pass; the arguments and the result as ``inference.kernels.run_pass`` (t (N, F),
+    natural (K, F), bias (K,), base (N,), shift (F,), old_labels (N,), q_out (N, K)); every
+    tensor must satisfy ``handles``."""
+    check(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
+    assert handles(t, natural, bias, base, shift, old_labels, q_out)
+    lib = _library(DTYPES[t.dtype])
+    assert lib is not None
+    function = getattr(lib, f"mixem_pass_{DTYPES[t.dtype]}")
+    gemm = _gemm("sgemm" if t.dtype == torch.float32 else "dgemm")
+    dgemm = _gemm("dgemm")
+    N, F = t.shape
+    K = natural.shape[0]
+    itemsize = t.element_size()
+    block, rows = block_rows(K, itemsize), super_rows(N, F, K, itemsize)
+    starts = list(range(0, N, rows))
+    labels = torch.empty(N, dtype=torch.int64)
+    point_fit = torch.empty(N, dtype=t.dtype)
+    partials = torch.zeros(max(1, len(starts)), K + K * F + 3, dtype=torch.float64)
+    pointers = [_address(x) for x in (natural, bias, base, shift)]
+    after = [_address(old_labels), _address(q_out), int(log_evidence), block, gemm, dgemm]
+
+    def call(index: int) -> int:
+        first = starts[index]
+        return int(
+            function(
+                t.data_ptr(),
+                first,
+                min(N, first + rows),
+                F,
+                K,
+                *pointers,
+                int(mode == "soft"),
+                float(temperature),
+                *after,
+                labels.data_ptr(),
+                point_fit.data_ptr(),
+                partials[index].data_ptr(),
+            )
+        )
+
+    workers = max(1, min(threads or torch.get_num_threads(), len(starts)))
+    with _one_blas_thread(block * K * F):
+        if workers == 1:
+            failed = max((call(i) for i in range(len(starts))), default=0)
+        else:
+            failed = max(_pool(workers).map(call, range(len(starts))), default=0)
+    if failed:
+        raise MemoryError(f"run_pass: no memory for the block buffers ({block} x {K})")
+    rows_of = partials.numpy()
+    total_np = rows_of[0].copy()
+    for index in range(1, len(starts)):  # in order: the same sums for any thread count
+        total_np += rows_of[index]
+    total = torch.from_numpy(total_np)
+    counts, sum_t = total[:K], total[K : K + K * F].view(K, F)
+    elbo, lse, changed = total[K + K * F :].tolist()
+    if not starts:
+        elbo, lse, changed = 0.0, 0.0 if log_evidence else math.nan, 0.0
+    return PassResult(labels, point_fit, counts, sum_t, elbo, lse, int(changed))

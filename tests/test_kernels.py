@@ -1,0 +1,244 @@
+"""inference.kernels: the C pass against the torch reference and a plain full-table computation;
+the compiled-library cache's safety checks."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.kernels import build, native_pass, reference, run_pass
+
+NATIVE = native_pass.available(torch.float32) and native_pass.available(torch.float64)
+needs_c = pytest.mark.skipif(not NATIVE, reason="no C compiler or scipy: the C pass is not built")
+MODES = [("hard", 1.0), ("soft", 1.0), ("soft", 0.5)]
+
+
+def problem(N, F, K, dtype, seed=0, base=True, shift=True):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(K, F, generator=g, dtype=torch.float64) * 2
+    t = mu[torch.randint(K, (N,), generator=g)] + torch.randn(
+        N, F, generator=g, dtype=torch.float64
+    )
+    bias = -0.5 * (mu * mu).sum(1) + torch.randn(K, generator=g, dtype=torch.float64)
+    h = -0.5 * (t * t).sum(1) if base else None
+    s = t.mean(0) if shift else None
+    return [None if x is None else x.to(dtype).contiguous() for x in (t, mu, bias, h, s)]
+
+
+def plain(t, eta, bias, base, shift, mode, temperature):
+    """The whole (N, K) table in float64, then each quantity from its definition."""
+    t, eta, bias = t.double(), eta.double(), bias.double()
+    x = t - (0.0 if shift is None else shift.double())  # the table is of the centred rows
+    S = x @ eta.T + bias + (0.0 if base is None else base.double()[:, None])
+    labels = S.argmax(1)
+    if mode == "hard":
+        q = torch.nn.functional.one_hot(labels, eta.shape[0]).double()
+        fit, entropy = S.max(1).values, torch.zeros(len(t), dtype=torch.float64)
+    else:
+        q = torch.softmax(S / temperature, 1)
+        fit, entropy = (q * S).sum(1), torch.special.entr(q).sum(1)
+    lse = float(torch.logsumexp(S, 1).sum())
+    return labels, fit, q.sum(0), q.T @ x, float((fit + entropy).sum()), lse, q
+
+
+def run(impl, args, mode, temperature, **kw):
+    K = args[1].shape[0]
+    q = torch.full((args[0].shape[0], K), -1.0, dtype=args[0].dtype) if mode == "soft" else None
+    out = impl(*args, mode=mode, temperature=temperature, q_out=q, **kw)
+    return out, q
+
+
+IMPLS = [
+    pytest.param(reference.run_pass, id="torch"),
+    pytest.param(native_pass.run_pass, id="c", marks=needs_c),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+@pytest.mark.parametrize(("N", "F", "K"), [(1000, 5, 7), (1, 1, 1), (300, 1, 3), (257, 3, 1)])
+@pytest.mark.parametrize(("with_base", "with_shift"), [(True, True), (False, False), (False, True)])
+def test_float64_matches_the_full_table(impl, mode, temperature, N, F, K, with_base, with_shift):
+    args = problem(N, F, K, torch.float64, base=with_base, shift=with_shift)
+    got, q = run(impl, args, mode, temperature)
+    labels, fit, counts, sum_t, elbo, lse, q_true = plain(*args, mode, temperature)
+    close = {"rtol": 1e-12, "atol": 1e-12}
+    assert torch.equal(got.labels, labels)
+    torch.testing.assert_close(got.point_fit, fit, **close)
+    torch.testing.assert_close(got.counts, counts, **close)
+    torch.testing.assert_close(got.sum_t, sum_t, rtol=1e-12, atol=1e-12 * N)
+    assert got.elbo == pytest.approx(elbo, rel=1e-12, abs=1e-12 * N)
+    assert got.log_evidence == pytest.approx(lse, rel=1e-12, abs=1e-12 * N)
+    assert got.n_changed == N
+    if mode == "soft":
+        torch.testing.assert_close(q, q_true, rtol=1e-12, atol=1e-15)
+
+
+@needs_c
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+def test_float32_c_matches_the_reference(mode, temperature):
+    args = problem(3000, 6, 20, torch.float32)
+    (c, qc), (r, qr) = (
+        run(impl, args, mode, temperature) for impl in (native_pass.run_pass, reference.run_pass)
+    )
+    S = args[0].double() @ args[1].double().T + args[2].double() + args[3].double()[:, None]
+    top2 = S.topk(2, 1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4 * top2[:, 0].abs().clamp(min=1)
+    assert torch.equal(c.labels[clear], r.labels[clear])
+    eps = torch.finfo(torch.float32).eps  # one ulp of 1
+    scale = S.abs().max(1).values.float()  # the size of a row's entries
+    assert ((c.point_fit - r.point_fit).abs() <= 8 * eps * scale).all()
+    N = args[0].shape[0]
+    magnitude = float(S.abs().sum())
+    assert abs(c.elbo - r.elbo) <= 8 * eps * magnitude
+    assert abs(c.log_evidence - r.log_evidence) <= 8 * eps * magnitude
+    tol = 8 * eps * N  # every term of the sums rounds at a float32 ulp of itself
+    torch.testing.assert_close(c.counts, r.counts, rtol=0, atol=tol)
+    x_scale = float((args[0] - args[4]).abs().max())
+    torch.testing.assert_close(c.sum_t, r.sum_t, rtol=0, atol=tol * x_scale)
+    if mode == "soft":
+        torch.testing.assert_close(qc, qr, rtol=0, atol=16 * eps)  # entries <= 1; skips < 2e-9
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+def test_thread_counts_give_bit_identical_results(dtype, mode, temperature):
+    args = problem(20_000, 4, 9, dtype)
+    results = [run(native_pass.run_pass, args, mode, temperature, threads=n) for n in (1, 2, 3, 2)]
+    (first, q1), rest = results[0], results[1:]
+    for other, q in rest:
+        for a, b in zip(first, other, strict=True):
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+        if q1 is not None:
+            assert torch.equal(q1, q)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(("-DMIXEM_PORTABLE",), id="portable"),
+        pytest.param(
+            ("-mno-avx512f",),
+            id="avx2",
+            marks=pytest.mark.skipif("avx2" not in build._cpu_flags(), reason="no AVX2"),
+        ),
+    ],
+)
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+def test_the_simd_paths_and_the_plain_loops_agree(monkeypatch, extra, mode, temperature):
+    args = problem(3001, 5, 37, torch.float32)
+    fast, q_fast = run(native_pass.run_pass, args, mode, temperature)
+    library = native_pass._library
+    monkeypatch.setattr(native_pass, "_library", lambda suffix: library(suffix, extra))
+    plain_c, q_plain = run(native_pass.run_pass, args, mode, temperature)
+    S = args[0].double() @ args[1].double().T + args[2].double() + args[3].double()[:, None]
+    top2 = S.topk(2, 1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4 * top2[:, 0].abs().clamp(min=1)
+    assert torch.equal(fast.labels[clear], plain_c.labels[clear])
+    eps = torch.finfo(torch.float32).eps
+    magnitude = float(S.abs().sum())
+    assert abs(fast.elbo - plain_c.elbo) <= 8 * eps * magnitude
+    assert abs(fast.log_evidence - plain_c.log_evidence) <= 8 * eps * magnitude
+    torch.testing.assert_close(fast.counts, plain_c.counts, rtol=0, atol=8 * eps * 3001)
+    if mode == "soft":
+        torch.testing.assert_close(q_fast, q_plain, rtol=0, atol=16 * eps)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_old_labels_count_the_changes_and_log_evidence_can_be_off(impl):
+    args = problem(500, 3, 4, torch.float64)
+    first = impl(*args)
+    old = first.labels.clone()
+    old[:7] = (old[:7] + 1) % 4
+    again = impl(*args, old_labels=old, log_evidence=False)
+    assert again.n_changed == 7
+    assert math.isnan(again.log_evidence)
+    assert torch.equal(again.labels, first.labels)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_nan_and_infinite_rows_do_not_fail(impl, dtype, mode):
+    t, eta, bias, base, shift = problem(600, 3, 5, dtype)
+    t[10, 1] = math.nan
+    base[20] = -math.inf
+    base[30] = math.inf
+    got = impl(t, eta, bias, base, shift, mode=mode)
+    assert math.isnan(got.elbo)
+    clean = torch.ones(600, dtype=torch.bool)
+    clean[[10, 20, 30]] = False
+    want = reference.run_pass(t[clean], eta, bias, base[clean], shift, mode=mode)
+    assert torch.equal(got.labels[clean], want.labels)
+    assert got.labels[20] == 0  # all -inf: the first column, as torch.argmax
+
+
+def test_dispatch_and_the_switch(monkeypatch):
+    args = problem(100, 2, 3, torch.float64)
+    expected = reference.run_pass(*args)
+    assert torch.equal(run_pass(*args).labels, expected.labels)
+    monkeypatch.setenv("MIXEM_NATIVE", "0")
+    assert not native_pass.available()
+    assert torch.equal(run_pass(*args).labels, expected.labels)
+    with pytest.raises(ValueError, match="shape"):
+        run_pass(args[0], args[1], args[2][:2])
+
+
+# --- the cache of compiled libraries -------------------------------------------------------
+
+SOURCE = "int mixem_probe(void) { return 7; }\n"
+needs_cc = pytest.mark.skipif(build.compiler() is None, reason="no C compiler")
+
+
+def probe(tmp_path: Path) -> Path:
+    path = tmp_path / "probe.c"
+    path.write_text(SOURCE)
+    return path
+
+
+@needs_cc
+def test_the_cache_is_private_and_reused(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MIXEM_CACHE_DIR", str(cache))
+    path, temporary = build.build(probe(tmp_path), "probe", ["-O1", "-fPIC", "-shared"])
+    assert temporary is None and path.parent == cache
+    assert cache.stat().st_mode & 0o777 == 0o700
+    assert build.build(probe(tmp_path), "probe", ["-O1", "-fPIC", "-shared"])[0] == path
+    assert (
+        build.load(
+            probe(tmp_path), "probe", ["-O1", "-fPIC", "-shared"], ["mixem_probe"]
+        ).mixem_probe()
+        == 7
+    )
+    with pytest.raises(OSError, match="lacks"):
+        build.load(probe(tmp_path), "probe", ["-O1", "-fPIC", "-shared"], ["missing"])
+
+
+@needs_cc
+@pytest.mark.parametrize("unsafe", ["directory_mode", "library_mode", "owner"])
+def test_an_unsafe_cache_is_not_used(tmp_path, monkeypatch, unsafe):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MIXEM_CACHE_DIR", str(cache))
+    flags = ["-O1", "-fPIC", "-shared"]
+    path, _ = build.build(probe(tmp_path), "probe", flags)
+    if unsafe == "directory_mode":
+        os.chmod(cache, 0o777)
+    elif unsafe == "library_mode":
+        os.chmod(path, 0o777)
+    else:
+        uid = os.getuid()
+        monkeypatch.setattr(os, "getuid", lambda: uid + 1)
+    other, temporary = build.build(probe(tmp_path), "probe", flags)
+    assert temporary is not None and other.parent == temporary and cache not in other.parents
+    assert temporary.stat().st_mode & 0o777 == 0o700
+    if unsafe != "owner":  # as ourselves: load, and the temporary directory goes away
+        lib = build.load(probe(tmp_path), "probe", flags, ["mixem_probe"])
+        assert lib.mixem_probe() == 7
+    os.chmod(cache, 0o700)
+    build.shutil.rmtree(temporary, ignore_errors=True)
