@@ -83,19 +83,29 @@ def _checked(path: str, name: str, array: np.ndarray, like: Tensor, model: Any) 
     return value
 
 
-def init_from_file(model: Any, path: str) -> None:
+def init_from_file(model: Any, path: str, *, complete: bool = False, what: str = "") -> None:
     """Set the parameters named in the ``.npz`` at ``path``; the rest keep their start.
 
+    Args:
+        complete: every parameter of the model must be there (a checkpoint, not a start).
+        what: how messages name the file (default ``--init PATH``).
     Raises:
-        MixemError: unreadable file, unknown name, wrong shape, non-finite or out-of-domain value.
+        MixemError: unreadable file, unknown name, wrong shape, non-finite or out-of-domain value;
+            with ``complete``, a parameter missing.
     """
     arrays = _read_npz(path)
     current = get_params(model)
     unknown = sorted(set(arrays) - set(current))
     if unknown:
         raise MixemError(
-            f"--init {path}: unknown parameter(s) {', '.join(unknown)}; this model has: "
-            + ", ".join(sorted(current))
+            f"{what or '--init ' + path}: unknown parameter(s) {', '.join(unknown)}; this model "
+            "has: " + ", ".join(sorted(current))
+        )
+    missing = sorted(set(current) - set(arrays))
+    if complete and missing:
+        raise MixemError(
+            f"{what or '--init ' + path}: parameter(s) {', '.join(missing)} missing; a "
+            "checkpoint holds every parameter of the model (" + ", ".join(sorted(current)) + ")"
         )
     values = {n: _checked(path, n, a, current[n], model) for n, a in arrays.items()}
     fixed = not getattr(model, "learn_weights", True)

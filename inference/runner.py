@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from inference.checkpoint import Checkpoint, load_checkpoint, run_settings
 from inference.distributed import LOCAL, Reducer
 from inference.em import FitResult, fit
 from inference.errors import MixemError, NonFiniteError
 from inference.guides import as_schedule
-from inference.outputs import write_json, write_text
+from inference.outputs import abandon_pending, write_json, write_set, write_text
 from inference.trace import TraceRecord, csv_text, json_text, to_rows
 
 # Test hook: "SIGNAL:T" sends SIGNAL to this process once record T is taken, so a test can
@@ -36,11 +37,22 @@ SIGNAL_AFTER_ENV = "MIXEM_TEST_SIGNAL_AFTER"
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
+class RunInterruptedError(Exception):
+    """A SIGINT/SIGTERM while there is nothing to save yet (loading, init, ``compare``): the
+    CLI exits with 128 + its number and one line, having written nothing."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @dataclass
 class SignalFlag:
-    """The first SIGINT/SIGTERM received (None: none yet)."""
+    """The first SIGINT/SIGTERM received (None: none yet). While ``deferring`` is False (no
+    work to keep yet) a signal raises ``RunInterruptedError`` instead of waiting for the loop."""
 
     signum: int | None = None
+    deferring: bool = True
 
     def is_set(self) -> bool:
         return self.signum is not None
@@ -63,8 +75,11 @@ def deferred_signals() -> Iterator[SignalFlag]:
 
     def handler(signum: int, frame: Any) -> None:
         if flag.is_set():  # asked twice: the user does not want to wait for the iteration, so
-            signal.signal(signum, signal.SIG_DFL)  # die of the signal (atomic writes keep
-            os.kill(os.getpid(), signum)  # every file whole), with no traceback
+            abandon_pending()  # die of the signal (the set being written is dropped, the old
+            signal.signal(signum, signal.SIG_DFL)  # one stays), with no traceback
+            os.kill(os.getpid(), signum)
+        if not flag.deferring:
+            raise RunInterruptedError(signum)
         flag.signum = signum
 
     for s in HANDLED:
@@ -89,55 +104,6 @@ def signal_hook_for_tests() -> Callable[[TraceRecord], None]:
             os.kill(os.getpid(), signum)
 
     return send
-
-
-@dataclass
-class Checkpoint:
-    """An interrupted run: ``summary`` (its summary.json), ``trace`` records 0..t, ``params``
-    the path of the params of iteration t."""
-
-    summary: dict[str, Any]
-    trace: list[TraceRecord]
-    params: Path
-
-    @property
-    def iteration(self) -> int:
-        return self.trace[-1].iteration
-
-
-def load_checkpoint(directory: Path, expected: dict[str, Any]) -> Checkpoint:
-    """Read ``directory``'s summary, trace and params; ``expected`` settings must match.
-
-    Raises:
-        MixemError: missing or unreadable files, a run that was not interrupted, or settings
-            (model, guide, K, data shape) different from this run's.
-    """
-    try:
-        summary = json.loads((directory / "summary.json").read_text())
-        rows = json.loads((directory / "trace.json").read_text())
-        trace = [TraceRecord(**row) for row in rows]
-    except (OSError, ValueError, TypeError) as err:
-        raise MixemError(f"--resume {directory}: no readable checkpoint there ({err})") from err
-    if summary.get("status") != "interrupted":
-        raise MixemError(
-            f"--resume {directory}: status is {summary.get('status')!r}; only an interrupted "
-            "fit can be resumed"
-        )
-    if not trace or not (directory / "params.npz").is_file():
-        raise MixemError(f"--resume {directory}: the trace or params.npz is missing")
-    if summary.get("n_iter") != trace[-1].iteration:
-        # summary.json is written last: a trace ahead of it means the saving was cut short
-        raise MixemError(
-            f"--resume {directory}: the trace ends at iteration {trace[-1].iteration} but the "
-            f"summary at {summary.get('n_iter')}; the checkpoint was not completely written"
-        )
-    for key, value in expected.items():
-        if summary.get(key) != value:
-            raise MixemError(
-                f"--resume {directory}: it was a fit with {key}={summary.get(key)!r}, this run "
-                f"has {key}={value!r}; pass the same settings"
-            )
-    return Checkpoint(summary, trace, directory / "params.npz")
 
 
 def _shifted(records: list[TraceRecord], t: int) -> list[TraceRecord]:
@@ -194,24 +160,6 @@ def resume_fit(
         ) from err
     trace = checkpoint.trace + _shifted(result.trace, t)
     return result._replace(trace=trace, n_iter=result.n_iter + t)
-
-
-def run_settings(args: Any, x: Any) -> dict[str, Any]:
-    """What a checkpoint must share with the run that resumes it (model options included:
-    resuming with another --reg-covar would silently fit a hybrid)."""
-    from inference.model_init import model_options
-    from models import MODELS
-
-    options = model_options(MODELS[args.model], args) if args.model in MODELS else {}
-    return {
-        "model": args.model,
-        "guide": args.guide,
-        "k": args.k,
-        "n": x.shape[0],
-        "d": x.shape[1],
-        "dtype": str(x.dtype).removeprefix("torch."),
-        "model_options": options,
-    }
 
 
 def write_non_finite(out: Path, err: NonFiniteError, settings: dict[str, Any]) -> None:
@@ -272,9 +220,12 @@ def cli_fit(
         if args.resume is None:
             return fit(model, x, guide, max_iter=args.max_iter, **options)
         checkpoint = load_checkpoint(args.resume, run_settings(args, x if data is None else data))
-        init_from_file(model, str(checkpoint.params))
+        init_from_file(
+            model, str(checkpoint.params), complete=True, what=f"--resume {checkpoint.params}"
+        )
         return resume_fit(model, x, guide, checkpoint, max_iter=args.max_iter, **options)
     except NonFiniteError as err:
         if reducer.rank == 0:
-            write_non_finite(args.out, err, run_settings(args, x if data is None else data))
+            settings = run_settings(args, x if data is None else data)
+            write_set(args.out, functools.partial(write_non_finite, err=err, settings=settings))
         raise

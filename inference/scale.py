@@ -109,11 +109,18 @@ def start_workers(args: argparse.Namespace) -> Reducer:
     return TorchDistributedReducer()
 
 
-def stop_workers(reducer: Reducer) -> None:
+def stop_workers(reducer: Reducer, synchronise: bool = True) -> None:
+    """Leave the process group: after a barrier when every worker got through (none tears the
+    group down while another still talks to it, which makes gloo abort the process), at once
+    when this one failed (the others would wait at the barrier until its timeout)."""
     if isinstance(reducer, TorchDistributedReducer):
         import torch.distributed as dist
 
-        dist.destroy_process_group()
+        try:
+            if synchronise:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def load_rows(args: argparse.Namespace, reducer: Reducer) -> tuple[Any, Tensor, DataInfo]:

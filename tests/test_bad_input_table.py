@@ -85,6 +85,26 @@ CASES: dict[str, Case] = {
         "argument --tol: expected a finite number >= 0, got 'abc'",
     ),
     "missing data file": Case(_fit("nowhere.npy"), 2, "data file not found: nowhere.npy"),
+    "integer option past 64 bits": Case(
+        _fit("blobs.npy", "3", "restricted-gmm", "--seed", "9" * 20),
+        2,
+        "argument --seed: expected an integer >= 0 below 2**63, got '99999999999999999999'",
+    ),
+    "NaN option value": Case(
+        _fit("blobs.npy", "3", "restricted-gmm", "--tol", "nan"),
+        2,
+        "argument --tol: expected a finite number >= 0, got 'nan'",
+    ),
+    "unknown --device": Case(
+        _fit("blobs.npy", "3", "restricted-gmm", "--device", "nonsense"),
+        2,
+        "unknown --device 'nonsense'",
+    ),
+    "--out is a file": Case(
+        _fit("blobs.npy", "3", "restricted-gmm", "--out", "blobs.npy"),
+        2,
+        "--out blobs.npy: exists and is not a directory",
+    ),
 }
 
 

@@ -224,3 +224,219 @@ def test_a_second_signal_kills_at_once():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == -signal.SIGTERM and done.stdout == "SIGTERM\n", done.stderr
+
+
+# --- --out: checked first, written as one set, locked -------------------------------------
+
+
+def _siblings(out):
+    """What a run left beside ``out``: temporary sets, locks."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+def _set_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+@pytest.mark.parametrize(
+    ("make_out", "message"),
+    [
+        (lambda d: d / "file.txt", "exists and is not a directory"),
+        (lambda d: d / "file.txt" / "sub", "file.txt is not a directory"),
+        (lambda d: d / "other", "holds files that are not mixem outputs (notes.txt)"),
+    ],
+)
+def test_a_bad_out_is_refused_before_the_data_is_read(tmp_path, capsys, make_out, message):
+    (tmp_path / "file.txt").write_text("keep me")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me too")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    argv = _argv(make_out(tmp_path))
+    argv[argv.index("builtin:iris")] = str(tmp_path / "nowhere.npy")  # never reached
+    code, err = main(argv), capsys.readouterr().err
+    assert code == 2 and err.startswith("mixem: error: --out ") and err.count("\n") == 1, err
+    assert message in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "file.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_parent_is_refused_before_the_fit(tmp_path, capsys):
+    locked = tmp_path / "ro"
+    locked.mkdir(mode=0o500)
+    try:
+        code, err = main(_argv(locked / "o")), capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+    assert code == 2 and "cannot write in" in err and err.count("\n") == 1
+    assert not any(locked.iterdir())
+
+
+def test_a_full_disk_leaves_the_old_set_and_no_temporary(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from inference import outputs
+
+    out = tmp_path / "o"
+    assert main(_argv(out)) == 0
+    old = _set_bytes(out)
+    calls = []
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        calls.append(fd)
+        if len(calls) == 3:  # the third file of the new set
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(outputs.os, "fsync", full_disk)
+    code, err = main(_argv(out, "--max-iter", "2")), capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert _set_bytes(out) == old and _siblings(out) == []
+
+
+@pytest.mark.parametrize("signals", ["SIGTERM,SIGTERM", "SIGKILL"])
+def test_a_kill_while_writing_leaves_the_old_set_whole(tmp_path, signals):
+    out = tmp_path / "o"
+    assert _run_cli(_argv(out), {}).returncode == 0
+    old = _set_bytes(out)
+    from inference.outputs import SIGNALS_DURING_WRITE_ENV
+
+    # a first SIGTERM is deferred, a second kills at once; SIGKILL cannot be handled at all
+    done = _run_cli(_argv(out, "--max-iter", "2"), {SIGNALS_DURING_WRITE_ENV: f"{signals}:3"})
+    last = getattr(signal, signals.split(",")[-1])
+    assert done.returncode == -last and "Traceback" not in done.stderr, done.stderr
+    assert _set_bytes(out) == old  # never a mix of the two runs
+    if last == signal.SIGTERM:  # the handler dropped the half-written set and the lock
+        assert _siblings(out) == []
+    assert _run_cli(_argv(out, "--max-iter", "2"), {}).returncode == 0  # cleans what -9 left
+    assert _siblings(out) == [] and _set_bytes(out) != old
+    assert json.loads((out / "summary.json").read_text())["n_iter"] == 2
+
+
+def test_a_second_fit_to_the_same_out_is_refused(tmp_path, capsys):
+    from inference.outputs import locked_out
+
+    out = tmp_path / "o"
+    with locked_out(out):
+        code, err = main(_argv(out)), capsys.readouterr().err
+    assert code == 2 and "another mixem run is writing there" in err and err.count("\n") == 1
+    assert not out.exists() and _siblings(out) == []
+
+
+# --- signals outside the EM loop: mini-batches, loading, init, compare --------------------
+
+
+@pytest.mark.parametrize(("sig", "exit_code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_stops_a_minibatch_fit(tmp_path, monkeypatch, capsys, sig, exit_code):
+    monkeypatch.setenv(SIGNAL_AFTER_ENV, f"{sig}:1")
+    argv = _argv(tmp_path / "o", "--batch-size", "20", "--passes", "50")
+    code, err = main(argv), capsys.readouterr().err
+    assert code == exit_code and f"interrupted by {sig} after iteration" in err, err
+    rows, _params, summary = _outputs(tmp_path / "o")
+    assert summary["status"] == "interrupted" and [r["iteration"] for r in rows] == [0, 1]
+    assert summary["n_iter"] == 8  # the 8 steps of one pass over 150 rows, not 50 passes
+
+
+def test_minibatch_stops_between_steps_with_the_last_steps_params():
+    from inference.online import fit_minibatch
+
+    x = blobs(200, 3, 2, seed=2)
+    asked = []
+    result = fit_minibatch(
+        RestrictedGMM(x[:3].clone()),
+        x,
+        batch_size=10,
+        n_passes=3,
+        should_stop=lambda: asked.append(1) or len(asked) > 5,
+    )
+    assert result.stop_reason == "interrupted" and result.n_iter == 5
+    assert [r.iteration for r in result.trace] == [0, 1]  # the pass cut short has its record
+    assert torch.equal(result.labels, nearest_centroid(x, result.model.locs.detach()))
+
+
+@pytest.mark.parametrize("command", ["fit", "compare"])
+@pytest.mark.parametrize("where", ["load_data", "kmeans_plusplus"])
+def test_a_signal_before_the_loop_exits_at_once(tmp_path, monkeypatch, capsys, command, where):
+    import inference.cli as cli
+    import inference.scale as scale
+
+    module, name = (scale, "to_tensor") if where == "load_data" else (cli, where)
+    real = getattr(module, name)
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+    if command == "compare" and where == "load_data":
+        monkeypatch.setattr(cli, "to_tensor", interrupted)
+    argv = _argv(tmp_path / "o")
+    argv[0] = command
+    if where == "kmeans_plusplus":
+        argv[argv.index("random")] = "kmeans++"
+    code, err = main(argv), capsys.readouterr().err
+    assert code == 130 and err.count("\n") == 1, err
+    assert "interrupted by SIGINT before there was anything to save" in err
+    assert not (tmp_path / "o").exists() and _siblings(tmp_path / "o") == []
+
+
+# --- --resume: the data's content and every part of the checkpoint -------------------------
+
+
+def _interrupted_on_file(tmp_path, monkeypatch):
+    """An interrupted fit of iris read from a file; returns its argv (minus --resume)."""
+    from inference.data import load_array
+
+    np.save(tmp_path / "x.npy", load_array("builtin:iris"))
+    argv = _argv(tmp_path / "run")
+    argv[argv.index("builtin:iris")] = str(tmp_path / "x.npy")
+    monkeypatch.setenv(SIGNAL_AFTER_ENV, "SIGINT:2")
+    assert main(argv) == 130
+    monkeypatch.delenv(SIGNAL_AFTER_ENV)
+    return argv
+
+
+def _resume_error(argv, tmp_path, capsys):
+    capsys.readouterr()  # the interrupted run's own lines
+    code = main([*argv, "--resume", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_resume_refuses_other_data_of_the_same_shape(tmp_path, monkeypatch, capsys):
+    argv = _interrupted_on_file(tmp_path, monkeypatch)
+    x = np.load(tmp_path / "x.npy")
+    x[0, 0] += 0.5  # one value changed: same shape, same dtype
+    np.save(tmp_path / "x.npy", x)
+    assert "it was a fit with data_sha256=" in _resume_error(argv, tmp_path, capsys)
+
+
+def test_resume_refuses_a_checkpoint_missing_parameters(tmp_path, monkeypatch, capsys):
+    argv = _interrupted_on_file(tmp_path, monkeypatch)
+    argv[argv.index("restricted-gmm")] = "gmm"
+    monkeypatch.setenv(SIGNAL_AFTER_ENV, "SIGINT:2")
+    assert main(argv) == 130
+    monkeypatch.delenv(SIGNAL_AFTER_ENV)
+    params = dict(np.load(tmp_path / "run" / "params.npz"))
+    del params["covariances"]
+    np.savez(tmp_path / "run" / "params.npz", **params)
+    err = _resume_error(argv, tmp_path, capsys)
+    assert "parameter(s) covariances missing" in err
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "message"),
+    [
+        ("summary.json", lambda s: {**s, "n_iter": "2"}, "n_iter is '2' (str), expected an int"),
+        ("summary.json", lambda s: [s], "summary.json is"),
+        ("trace.json", lambda t: [t[0], {**t[1], "elbo": "-1"}, t[2]], "elbo at record 1"),
+        ("trace.json", lambda t: [t[0], t[1], {**t[2], "iteration": 2.0}], "iteration at record 2"),
+    ],
+)
+def test_resume_refuses_wrong_json_types(tmp_path, monkeypatch, capsys, file, edit, message):
+    argv = _interrupted_on_file(tmp_path, monkeypatch)
+    path = tmp_path / "run" / file
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    assert message in _resume_error(argv, tmp_path, capsys)

@@ -1,0 +1,205 @@
+"""``mixem``'s argument parser: the subcommands, their options and the checks of option values.
+
+A bad value is one line (``MixemError``), not argparse's usage block.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, NoReturn
+
+from inference.enumerate import DEFAULT_CHUNK_SIZE
+from inference.errors import MixemError
+from inference.guides import GUIDE_SYNTAX
+from inference.scale import add_scale_options
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        raise MixemError(f"{message} (see '{self.prog} --help')")
+
+
+INT64_MAX = 2**63 - 1  # torch's seeds, sizes and counts are 64-bit
+
+
+def _integer(text: str, low: int, expected: str) -> int:
+    if not text.lstrip("-").isdigit() or int(text) < low:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    if int(text) > INT64_MAX:
+        raise argparse.ArgumentTypeError(f"expected {expected} below 2**63, got {text!r}")
+    return int(text)
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    return _integer(text, 0, "an integer >= 0")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def model_names() -> list[str]:
+    from models import MODELS
+
+    return sorted(MODELS)
+
+
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``fit`` (and the comparison of guides): model, data, init, stopping."""
+    parser.add_argument(
+        "--model", required=True, help=f"mixture model, one of: {', '.join(model_names())}"
+    )
+    parser.add_argument(
+        "--k", required=True, type=_positive_int, help="number of components K (1 <= K <= N)"
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="PATH.npy, PATH.csv (numbers, optional header) or builtin:blobs|iris|digits",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output directory (created if missing)"
+    )
+    parser.add_argument(
+        "--init",
+        default="kmeans++",
+        help="kmeans++ (greedy, default), random, PATH.npy with (K, D) starting means, or "
+        "PATH.npz of named params as params.npz holds (any left out start as with kmeans++)",
+    )
+    parser.add_argument(
+        "--covariance",
+        choices=["full", "diag", "spherical", "tied"],
+        default="full",
+        help="gmm covariance type (default: full)",
+    )
+    parser.add_argument(
+        "--reg-covar",
+        type=_non_negative_float,
+        default=1e-6,
+        help="gmm: added to the diagonal of each covariance (default: 1e-6)",
+    )
+    parser.add_argument(
+        "--fixed-weights",
+        action="store_true",
+        help="keep the mixing weights uniform (with --guide delta: Bregman hard clustering)",
+    )
+    parser.add_argument(
+        "--shared-concentration",
+        action="store_true",
+        help="vmf: one concentration for all components (with the above: spherical K-means)",
+    )
+    parser.add_argument(
+        "--max-iter",
+        type=_non_negative_int,
+        default=300,
+        help="maximum M-steps; 0 only runs the E-step under the initial parameters (default: 300)",
+    )
+    parser.add_argument(
+        "--tol",
+        type=_non_negative_float,
+        default=1e-4,
+        help="stopping tolerance, relative to the data variance for hard guides (default: 1e-4)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="random seed for init and sampling (default: 0)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default=None,
+        help="computation dtype (default: the data's float dtype, float64 for integers)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=DEFAULT_CHUNK_SIZE,
+        help=f"rows per E-step chunk; bounds memory (default: {DEFAULT_CHUNK_SIZE})",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_guide_options(parser: argparse.ArgumentParser) -> None:
+    """``fit``'s ``--guide`` and ``--anneal`` (one or the other)."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--guide",
+        default="delta",
+        help=f"guide family NAME[:ARG], one of: {GUIDE_SYNTAX} (default: delta)",
+    )
+    choice.add_argument(
+        "--anneal", default=None, metavar="T0:T1:STEPS", help="instead of --guide: " + ANNEAL_HELP
+    )
+
+
+ANNEAL_HELP = (
+    "tempered guides cooled geometrically from T0 to T1 (T0 >= T1 > 0, T1 <= 1) over STEPS "
+    "E-steps, then categorical if T1 = 1 or delta if T1 < 1 (default: none)"
+)
+
+
+def add_compare_parser(commands: Any) -> None:
+    """``mixem compare``: the fit options, ``--guides`` (a list) and ``--anneal``."""
+    parser = commands.add_parser(
+        "compare",
+        help="fit one model under several guide families from the same start",
+        description="Fit one model under each guide from the same initial parameters; write "
+        "trace.csv, summary.json and compare.png to --out.",
+    )
+    add_fit_options(parser)
+    parser.add_argument(
+        "--guides",
+        default="delta,categorical",
+        help=f"comma-separated guides, each one of: {GUIDE_SYNTAX}, anneal:T0:T1:STEPS "
+        "(default: delta,categorical)",
+    )
+    parser.add_argument(
+        "--anneal", default=None, metavar="T0:T1:STEPS", help="also fit " + ANNEAL_HELP
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mixem", description="Variational EM for mixture models with swappable guide families."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fit_parser = commands.add_parser(
+        "fit",
+        help="fit one model with one guide family",
+        description="Fit a mixture by variational EM; write trace, labels, params, plot to --out.",
+    )
+    add_fit_options(fit_parser)
+    add_guide_options(fit_parser)
+    add_scale_options(fit_parser)
+    fit_parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the interrupted fit saved in DIR (same --model, --guide, --k and data; "
+        "--max-iter counts its iterations too) (default: start afresh)",
+    )
+    add_compare_parser(commands)
+    demo = commands.add_parser(
+        "demo",
+        help="the derivation of K-means from EM, as checks and figures",
+        description="Run the demonstration on built-in data: PASS/FAIL checks and figures.",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="figure directory (default: runs/demo)"
+    )
+    demo.add_argument("--quick", action="store_true", help="smaller data, for tests")
+    return parser
