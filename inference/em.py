@@ -7,6 +7,12 @@ The loop only asks the model for its log-joint table (``inference.enumerate``), 
 for its best member given that table, and an M-step (closed form when the model declares one,
 gradient otherwise). It always ends with an E-step under the final parameters, so the labels,
 the last record and the returned model agree.
+
+One path is chosen at the top of ``fit``: when the model's observed site is an exponential
+family and the guide family's best member is a row reduction (delta, categorical, tempered),
+each E-step is one pass over the data that also takes the M-step's sums (``inference.fused``);
+otherwise each E-step builds the table chunk by chunk (``e_step`` below) and the M-step sums q
+in a second read. Both give the same fit, to rounding.
 """
 
 from __future__ import annotations
@@ -20,32 +26,25 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from inference import fused
+from inference.checks import (
+    check_dtypes,
+    check_finite,
+    check_params,
+    check_rows,
+    mean_feature_variance,
+)
 from inference.distributed import LOCAL, Reducer
 from inference.elbo import fit_and_entropy, log_evidence_from_table
 from inference.enumerate import DEFAULT_CHUNK_SIZE, iter_log_joint
-from inference.errors import MixemError, NonFiniteError
+from inference.errors import MixemError
 from inference.guides import Delta, GuideFamily, Schedule, as_schedule
-from inference.mstep import closed_form_m_step, gradient_m_step, has_closed_form
+from inference.mstep import closed_form_m_step, family_update, gradient_m_step, has_closed_form
+from inference.observed import model_form
 from inference.params import get_params, squared_shift
 from inference.responsibilities import Assembler, Responsibilities
+from inference.state import EStep
 from inference.trace import TraceRecord
-from inference.validation import check_data, check_k
-
-
-class EStep(NamedTuple):
-    """The outcome of one E-step over all the data.
-
-    q: the family's best member for the N points.
-    labels: (N,) int64 most probable component of each point.
-    point_fit: (N,) E_q[log p(x_i, z_i)]; the worst-explained points refill empty components.
-    elbo: L(q, theta). log_evidence: log p(X | theta).
-    """
-
-    q: Responsibilities
-    labels: Tensor
-    point_fit: Tensor
-    elbo: float
-    log_evidence: float
 
 
 class FitResult(NamedTuple):
@@ -101,89 +100,36 @@ def e_step(
 
 def choose_m_step(
     model: Any,
-    kind: Literal["auto", "closed", "gradient"] | MStep,
+    x: Tensor,
+    kind: Literal["auto", "closed", "family", "gradient"] | MStep,
     chunk_size: int,
     reducer: Reducer = LOCAL,
 ) -> MStep:
-    """The M-step to use: the model's closed form when it has one ("auto"), or as asked."""
+    """The M-step to use ("auto": the first that applies), or as asked:
+
+    * "closed": the model's own ``m_step`` from the statistics;
+    * "family": an exponential-family model without one: L-BFGS on the statistics alone;
+    * "gradient": L-BFGS on Pyro's ELBO with the guide held at q (any model; a pass per step).
+    """
     if callable(kind):
         return kind
-    if kind == "closed" or (kind == "auto" and has_closed_form(model)):
-        if not has_closed_form(model):
+    update = None  # the model's own m_step
+    if kind == "family" or (kind == "auto" and not has_closed_form(model)):
+        if isinstance(x, Tensor) and model_form(model, x) is not None:
+            update = family_update(model, x)
+        elif kind == "family":
+            raise MixemError(f"{type(model).__name__} is not an exponential-family mixture")
+    if update is not None or kind == "closed" or (kind == "auto" and has_closed_form(model)):
+        if update is None and not has_closed_form(model):
             raise MixemError(f"{type(model).__name__} has no closed-form M-step; use 'gradient'")
-        return lambda m, x, est: closed_form_m_step(m, x, est.q, est.point_fit, chunk_size, reducer)
+        return lambda m, x, est: closed_form_m_step(
+            m, x, est.q, est.point_fit, chunk_size, reducer, est.stats, est.row_stats, update
+        )
     if kind in ("auto", "gradient"):
         return lambda m, x, est: (gradient_m_step(m, x, est.q, reducer=reducer), 0)[1]
     raise MixemError(
-        f"unknown m_step {kind!r}; expected 'auto', 'closed', 'gradient' or a function"
+        f"unknown m_step {kind!r}; expected 'auto', 'closed', 'family', 'gradient' or a function"
     )
-
-
-def check_rows(model: Any, x: Tensor, chunk_size: int, reducer: Reducer = LOCAL) -> int:
-    """Check every chunk of rows (finite floats, the model's own ``validate_data``) and K <= N
-    over all workers; returns N. Chunked, so data streamed from a file is checked too."""
-    n_total = int(reducer.sum(torch.tensor([x.shape[0]]))[0])
-    if isinstance(x, Tensor):
-        check_data(x, 1)  # shape and values of the whole tensor at once
-    validate = getattr(model, "validate_data", None)
-    for start in range(0, x.shape[0], chunk_size):
-        chunk = x[start : start + chunk_size]
-        if not isinstance(x, Tensor):
-            check_data(chunk, 1, first_row=start)
-        if validate is None:  # per-family checks (binary, counts, unit vectors ...)
-            continue
-        try:
-            validate(chunk)
-        except MixemError as err:
-            if isinstance(x, Tensor) and x.shape[0] <= chunk_size:
-                raise  # one chunk: the model's row numbers are the data's
-            stop = start + chunk.shape[0] - 1
-            raise MixemError(
-                f"{err} (counting rows from {start}: data rows {start}-{stop})"
-            ) from err
-    check_k(int(model.n_components), n_total)
-    return n_total
-
-
-def mean_feature_variance(
-    x: Tensor, n_total: int, chunk_size: int, reducer: Reducer = LOCAL
-) -> float:
-    """Mean over features of the variance of ``x`` (N, D) over all workers (scikit-learn's
-    scale for KMeans' tol), in two chunked passes: mean first, then squared deviations, which
-    keeps its precision where E[x^2] - E[x]^2 would cancel."""
-    if n_total < 2:
-        return 0.0
-    total = sum(x[s : s + chunk_size].double().sum(0) for s in range(0, x.shape[0], chunk_size))
-    mean = reducer.sum(torch.as_tensor(total)) / n_total
-    squares = sum(
-        ((x[s : s + chunk_size].double() - mean) ** 2).sum(0)
-        for s in range(0, x.shape[0], chunk_size)
-    )
-    return float(reducer.sum(torch.as_tensor(squares)).mean() / n_total)
-
-
-def _check_finite(
-    est: EStep, iteration: int, trace: list[TraceRecord], searched: bool = False
-) -> None:
-    # a truncated search has no log evidence (NaN) except on its full passes
-    evidence = [] if searched and math.isnan(est.log_evidence) else [est.log_evidence]
-    if not (torch.isfinite(torch.tensor([est.elbo, *evidence])).all()):
-        raise NonFiniteError(
-            f"the ELBO is not finite at iteration {iteration} (elbo={est.elbo}, "
-            f"log_evidence={est.log_evidence}); the trace up to iteration {iteration - 1} is kept",
-            trace,
-        )
-
-
-def _check_params(params: dict[str, Tensor], iteration: int, trace: list[TraceRecord]) -> None:
-    # checked before the E-step: Pyro would reject NaN parameters with a bare ValueError
-    bad = sorted(name for name, value in params.items() if not bool(torch.isfinite(value).all()))
-    if bad:
-        raise NonFiniteError(
-            f"the parameters are not finite at iteration {iteration} ({', '.join(bad)}); the "
-            f"trace up to iteration {iteration - 1} is kept",
-            trace,
-        )
 
 
 def _record(
@@ -208,7 +154,7 @@ def fit(
     max_iter: int = 300,
     tol: float = 1e-4,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    m_step: Literal["auto", "closed", "gradient"] | MStep = "auto",
+    m_step: Literal["auto", "closed", "family", "gradient"] | MStep = "auto",
     callback: Callable[[TraceRecord], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     reducer: Reducer = LOCAL,
@@ -232,7 +178,8 @@ def fit(
         guide: family of q; ``Delta()`` (hard EM) by default; or a schedule
             ``iteration -> family`` (e.g. ``Anneal``) giving the family of each E-step.
         chunk_size: rows per chunk of the E-step and M-step (bounds memory by chunk_size x K).
-        m_step: "auto" (closed form if the model has one), "closed", "gradient", or a function
+        m_step: "auto" (the first of "closed", "family", "gradient" that applies; see
+            ``choose_m_step``), one of those, or a function
             ``(model, x, estep) -> n_relocated``; ``estep.q``'s memory is reused by the next
             E-step, so a function that keeps q beyond its call must keep a copy.
         callback: called with each record as soon as it is taken.
@@ -245,17 +192,28 @@ def fit(
     """
     family_at = as_schedule(Delta() if guide is None else guide)
     n_total = check_rows(model, x, chunk_size, reducer)
-    if max_iter < 0 or tol < 0:
+    if not (max_iter >= 0 and tol >= 0):  # NaN fails both
         raise MixemError(f"max_iter and tol must be >= 0, got max_iter={max_iter}, tol={tol}")
-    do_m_step = choose_m_step(model, m_step, chunk_size, reducer)
+    check_dtypes(model, x)
+    do_m_step = choose_m_step(model, x, m_step, chunk_size, reducer)
+    # the specialised path, chosen here once: an exponential-family model's E-step and M-step
+    # statistics in one pass over the data (inference.fused) for the families that reduce rows
+    data = fused.prepare(model, x, chunk_size)
+
+    def best_q(family: GuideFamily, previous: EStep | None) -> EStep:
+        recycle = None if previous is None else previous.q  # dead once the M-step used it
+        if data is not None and fused.reduction(family) is not None:
+            return fused.e_step(model, family, data, reducer, recycle)
+        return e_step(model, family, x, chunk_size, reducer, recycle=recycle)
+
     # two passes over the data, so only once a hard family first asks (never for soft ones)
     shift_tol = functools.cache(
         lambda: tol * mean_feature_variance(x, n_total, chunk_size, reducer)
     )
     started = time.perf_counter()
-    est = e_step(model, family_at(0), x, chunk_size, reducer)
+    est = best_q(family_at(0), None)
     trace: list[TraceRecord] = []
-    _check_finite(est, 0, trace)
+    check_finite(est, 0, trace)
     trace.append(_record(0, est, n_total, 0, started))
     if callback:
         callback(trace[-1])
@@ -269,7 +227,7 @@ def fit(
         n_relocated = do_m_step(model, x, est)
         n_iter += 1
         after = get_params(model)
-        _check_params(after, n_iter, trace)
+        check_params(after, n_iter, trace)
         shift = squared_shift(before, after)
         family = family_at(n_iter)
         previous = est
@@ -277,26 +235,45 @@ def fit(
         searched = search is not None and family == family_at(n_iter - 1)
         if search is not None and searched:  # a truncated family: from the last E-step's q
             est = search(model, x, previous, n_iter, chunk_size, reducer)
-        else:  # the last q is dead once the M-step used it: the new one may take its memory
-            est = e_step(model, family, x, chunk_size, reducer, recycle=previous.q)
-        _check_finite(est, n_iter, trace, searched=searched)
+        else:
+            est = best_q(family, previous)
+        check_finite(est, n_iter, trace, searched=searched)
         n_changed = int(reducer.sum((est.labels != previous.labels).sum()))
         trace.append(_record(n_iter, est, n_changed, n_relocated, started))
         if callback:
             callback(trace[-1])
         if family != family_at(n_iter - 1):
             continue  # a schedule is still moving: this E-step's q is not the last one's kind
-        # scikit-learn's order: the shift of this M-step is judged before the labels it yields
-        if family.hard and shift <= shift_tol():
-            reason = "parameter shift below tol"
-        elif family.hard and n_changed == 0 and (n_relocated == 0 or est.elbo <= previous.elbo):
-            # a refill that moved no label and raised no ELBO only shuffles duplicate points
-            # among tied components (K > distinct points); going on would cycle (sklearn #28055)
-            reason = "assignments unchanged"
-        elif not family.hard and tol > 0 and abs(est.elbo - previous.elbo) / n_total < tol:
-            reason = "ELBO change below tol"
-        else:
-            continue
-        break
+        soft_change = abs(est.elbo - previous.elbo) / n_total if tol > 0 else math.inf
+        stop = _stop_reason(family, shift, shift_tol, n_changed, n_relocated, est, previous)
+        if stop is None and not family.hard and soft_change < tol:
+            stop = "ELBO change below tol"
+        if stop is not None:
+            reason = stop
+            break
     converged = reason not in ("max_iter", "interrupted")
     return FitResult(model, est.labels, est.q, trace, n_iter, converged, reason)
+
+
+def _stop_reason(
+    family: GuideFamily,
+    shift: float,
+    shift_tol: Callable[[], float],
+    n_changed: int,
+    n_relocated: int,
+    est: EStep,
+    previous: EStep,
+) -> str | None:
+    """Why a hard family's fit stops after this iteration, or None to go on (see ``fit``)."""
+    # scikit-learn's order: the shift of this M-step is judged before the labels it yields
+    if family.hard and shift <= shift_tol():
+        return "parameter shift below tol"
+    if family.hard and n_changed == 0 and (n_relocated == 0 or est.elbo <= previous.elbo):
+        # a refill that moved no label and raised no ELBO only shuffles duplicate points
+        # among tied components (K > distinct points); going on would cycle (sklearn #28055)
+        if getattr(family, "search", None) is not None:
+            # only the candidates were searched: a fixed point of the search, which need not
+            # put every point at its best component
+            return "truncated search unchanged"
+        return "assignments unchanged"
+    return None

@@ -42,6 +42,7 @@ __all__ = [
     "isolated_params",
     "iter_log_joint",
     "log_joint",
+    "trace_enumerated",
 ]
 
 # rows per chunk: about 1M table entries at K = 64 keep the table in L3 and make the per-chunk
@@ -68,7 +69,7 @@ def enumerate_assignment_only(site: Any) -> Any:
     return {"enumerate": "parallel"} if site["name"] == ASSIGNMENT_SITE else {}
 
 
-def _trace(model: Model, x: Tensor) -> Any:
+def trace_enumerated(model: Model, x: Tensor) -> Any:
     """One enumerated trace of the model on ``x`` (n, D), its assignment site checked."""
     enumerated = poutine.enum(
         poutine.infer_config(model, enumerate_assignment_only), first_available_dim=-2
@@ -135,7 +136,7 @@ class _Tables:
         return table
 
     def _traced(self, chunk: Tensor, keep: bool) -> Tensor:
-        trace = _trace(self.model, chunk)
+        trace = trace_enumerated(self.model, chunk)
         K = trace.nodes[ASSIGNMENT_SITE]["value"].numel()
         terms, reusable = plate_terms(trace, chunk)
         if keep and reusable and _verdict(self.model) is not False:

@@ -45,6 +45,10 @@ class Delta:
     name: str = "delta"
     hard: bool = True
 
+    def pass_reduction(self) -> tuple[str, float]:
+        """The fused pass's row reduction (``inference.fused``): the first argmax."""
+        return ("hard", 1.0)
+
     def e_step(self, log_joint: Tensor) -> Responsibilities:
         """One-hot q: ``log_joint`` (n, K) -> weights (n, 1) at indices (n, 1)."""
         # max_rows: torch.argmax's scalar loop costs more than the GEMM that made the table
@@ -62,6 +66,10 @@ class Categorical:
     @property
     def hard(self) -> bool:
         return False
+
+    def pass_reduction(self) -> tuple[str, float]:
+        """The fused pass's row reduction (``inference.fused``): the softmax."""
+        return ("soft", 1.0)
 
     def e_step(self, log_joint: Tensor) -> Responsibilities:
         """Dense q: ``log_joint`` (n, K) -> weights (n, K)."""
@@ -92,6 +100,10 @@ class Tempered:
     @property
     def hard(self) -> bool:
         return False
+
+    def pass_reduction(self) -> tuple[str, float]:
+        """The fused pass's row reduction (``inference.fused``): the softmax of table / T."""
+        return ("soft", self.temperature)
 
     def e_step(self, log_joint: Tensor) -> Responsibilities:
         """Dense q: ``log_joint`` (n, K) -> weights (n, K)."""

@@ -2,7 +2,9 @@
 
 * ``closed_form_m_step``: the model's own ``m_step`` from weighted sufficient statistics, summed
   chunk by chunk (so they could as well be summed across processes), with empty components
-  refilled first, as scikit-learn's KMeans does.
+  refilled first, as scikit-learn's KMeans does. The statistics are the model's own
+  ``sufficient_statistics`` when it has one, else its exponential family's sums of T(x)
+  (``inference.observed``); the fused pass hands them over already summed.
 * ``gradient_m_step``: for any model, maximise the exact ELBO that Pyro computes with the guide
   held at q (entropy does not depend on theta, so this is the M-step), by L-BFGS on the
   model's unconstrained parameters.
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
@@ -20,29 +23,55 @@ from inference.distributed import LOCAL, Reducer
 from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params
 from inference.errors import MixemError
 from inference.guides import is_exact_for_trace_elbo, pyro_guide
+from inference.mstep_family import family_m_step
+from inference.observed import fit_shift, model_form, row_statistics
 from inference.responsibilities import Responsibilities
 
 Stats = dict[str, Tensor]
 
 
+StatsOf = Callable[[Tensor, Responsibilities], Stats]
+
+
 def has_closed_form(model: object) -> bool:
-    """True when the model declares ``sufficient_statistics`` and ``m_step``."""
-    return callable(getattr(model, "sufficient_statistics", None)) and callable(
-        getattr(model, "m_step", None)
-    )
+    """True when the model declares an ``m_step`` (from ``statistics_of``'s sums)."""
+    return callable(getattr(model, "m_step", None))
+
+
+def statistics_of(model: Any, x: Tensor) -> StatsOf:
+    """``(rows (m, D), q of m points) -> stats``: the model's ``sufficient_statistics`` when it
+    declares them, else the sums of its exponential family's T(x) (counts, and the family's
+    named moments: ``inference.expfam``); ``x`` (N, D) is the data (a few rows are traced)."""
+    own = getattr(model, "sufficient_statistics", None)
+    if callable(own):
+        return own
+    found = model_form(model, x, fit_shift(model))
+    if found is None:
+        raise MixemError(
+            f"{type(model).__name__} has an m_step but no sufficient_statistics, and its "
+            "observed site is not an exponential family of inference.expfam; add "
+            "sufficient_statistics(x, q) or use m_step='gradient'"
+        )
+    return row_statistics(found.form, int(model.n_components))
+
+
+# a family's "shift" (inference.expfam) is the point its sums are taken from, not a sum itself:
+# carried along as it is, the same in every chunk and on every worker
+POINT = "shift"
 
 
 def _add(total: Stats | None, part: Stats, sign: float = 1.0) -> Stats:
     if total is None:
-        return {k: sign * v for k, v in part.items()}
-    return {k: total[k] + sign * part[k] for k in total}
+        return {k: v if k == POINT else sign * v for k, v in part.items()}
+    return {k: total[k] if k == POINT else total[k] + sign * part[k] for k in total}
 
 
 def sufficient_statistics(
     model: object, x: Tensor, q: Responsibilities, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> Stats:
-    """The model's statistics summed over chunks of rows; ``x`` is (N, D), ``q`` covers N."""
-    stats_of: Callable[[Tensor, Responsibilities], Stats] = model.sufficient_statistics  # type: ignore[attr-defined]
+    """The model's statistics (``statistics_of``) summed over chunks of rows; ``x`` is (N, D),
+    ``q`` covers N."""
+    stats_of = statistics_of(model, x)
     total: Stats | None = None
     for start in range(0, x.shape[0], chunk_size):
         stop = start + chunk_size
@@ -70,6 +99,7 @@ def relocate_empty_components(
     q: Responsibilities,
     point_fit: Tensor,
     reducer: Reducer = LOCAL,
+    stats_of: StatsOf | None = None,
 ) -> tuple[Stats, int]:
     """Give each component with zero weight the worst-explained point, moving its statistics.
 
@@ -82,6 +112,8 @@ def relocate_empty_components(
         x: (N, D) this worker's data; q: its responsibilities; point_fit: (N,)
             E_q[log p(x_i, z_i)].
         reducer: combines workers (the worst points are chosen among all of them).
+        stats_of: the statistics of a few rows, in the coordinates of ``stats``
+            (``statistics_of(model, x)`` when None).
     Returns:
         The corrected statistics and the number of components refilled.
     """
@@ -90,7 +122,7 @@ def relocate_empty_components(
     n_empty = min(int(empty.numel()), n_total)
     if n_empty == 0:
         return stats, 0
-    stats_of = model.sufficient_statistics  # type: ignore[attr-defined]
+    stats_of = stats_of or statistics_of(model, x)
     moves: Stats | None = None
     for component, i in zip(
         empty.tolist(), _worst_points(point_fit, n_empty, reducer), strict=False
@@ -103,7 +135,9 @@ def relocate_empty_components(
         moves = _add(moves, stats_of(row, Responsibilities.one_hot(target, row.dtype)))
     if moves is None:
         moves = {name: torch.zeros_like(value) for name, value in stats.items()}
-    return _add(stats, {name: reducer.sum(value) for name, value in moves.items()}), n_empty
+    return _add(
+        stats, {name: _sum_over_workers(name, v, reducer) for name, v in moves.items()}
+    ), n_empty
 
 
 def closed_form_m_step(
@@ -113,6 +147,9 @@ def closed_form_m_step(
     point_fit: Tensor,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     reducer: Reducer = LOCAL,
+    summed: Stats | None = None,
+    stats_of: StatsOf | None = None,
+    update: Callable[[Stats], object] | None = None,
 ) -> int:
     """Update the model in place from its sufficient statistics; returns components refilled.
 
@@ -120,13 +157,30 @@ def closed_form_m_step(
         x: (N, D) data; q: responsibilities of the N points; point_fit: (N,) as in
             ``relocate_empty_components``.
         reducer: sums the statistics over workers, so each takes the same M-step.
+        summed: the statistics already summed over all points and workers (the fused pass
+            takes them with the E-step), with ``stats_of`` for a few rows in their coordinates.
+        update: sets the parameters from the statistics; the model's own ``m_step`` by
+            default, ``family_update(model, x)`` for a family without a closed form.
     """
     with torch.no_grad():
-        local = sufficient_statistics(model, x, q, chunk_size)
-        stats = {name: reducer.sum(value) for name, value in local.items()}
-        stats, n_relocated = relocate_empty_components(model, stats, x, q, point_fit, reducer)
-        model.m_step(stats)  # type: ignore[attr-defined]
+        if summed is None:
+            local = sufficient_statistics(model, x, q, chunk_size)
+            summed = {name: _sum_over_workers(name, v, reducer) for name, v in local.items()}
+        stats, n_relocated = relocate_empty_components(
+            model, summed, x, q, point_fit, reducer, stats_of
+        )
+    (update or model.m_step)(stats)  # type: ignore[attr-defined]
     return n_relocated
+
+
+def family_update(model: Any, x: Tensor) -> Callable[[Stats], object]:
+    """The M-step's update of an exponential-family model without a closed form of its own:
+    L-BFGS on the expected complete-data log-likelihood of the sums (``mstep_family``)."""
+    return lambda stats: family_m_step(model, x, stats, stats.get(POINT))
+
+
+def _sum_over_workers(name: str, value: Tensor, reducer: Reducer) -> Tensor:
+    return value if name == POINT else reducer.sum(value)
 
 
 def gradient_m_step(

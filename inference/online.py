@@ -26,7 +26,7 @@ from inference.em import FitResult, e_step
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
 from inference.guides import Delta, GuideFamily
-from inference.mstep import has_closed_form, sufficient_statistics
+from inference.mstep import POINT, has_closed_form, sufficient_statistics
 from inference.trace import TraceRecord
 from inference.validation import check_k
 
@@ -54,6 +54,7 @@ def fit_minibatch(
     seed: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     callback: Callable[[TraceRecord], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Stepwise EM over mini-batches of ``x`` (N, D) for ``n_passes`` passes over the data.
 
@@ -68,6 +69,9 @@ def fit_minibatch(
         n_passes: passes over the data (fractions allowed: 0.5 = half the batches of one pass).
         t0, kappa: step-size schedule rho_t = (t + t0) ** -kappa; 0.5 < kappa <= 1.
         seed: order of the mini-batches.
+        should_stop: asked before each mini-batch step; True ends the fit there with
+            ``stop_reason="interrupted"``: the parameters of the last completed step, labels
+            from a full E-step under them and a record for the pass cut short.
     """
     guide = guide or Delta()
     n = x.shape[0]
@@ -88,26 +92,38 @@ def fit_minibatch(
     running: dict[str, Tensor] | None = None
     steps = 0
     total_steps = math.ceil(n_passes * math.ceil(n / batch_size))
+    stopped = False
     for pass_index in range(1, math.ceil(n_passes) + 1):
         started = time.perf_counter()
+        steps_before = steps
         for idx in _batches(n, batch_size, generator):
             if steps == total_steps:
+                break
+            if should_stop is not None and should_stop():
+                stopped = True
                 break
             batch = x[idx.to(x.device)]
             batch_est = e_step(model, guide, batch, chunk_size)
             scale = n / batch.shape[0]
             stats = {
-                k: v * scale for k, v in sufficient_statistics(model, batch, batch_est.q).items()
+                # the family's "shift" is the point the sums are taken about, not a sum
+                k: v if k == POINT else v * scale
+                for k, v in sufficient_statistics(model, batch, batch_est.q).items()
             }
             rho = step_size(steps, t0, kappa)
             running = (
                 stats
                 if running is None
-                else {k: (1 - rho) * running[k] + rho * stats[k] for k in stats}
+                else {
+                    k: v if k == POINT else (1 - rho) * running[k] + rho * v
+                    for k, v in stats.items()
+                }
             )
             with torch.no_grad():
                 model.m_step(running)
             steps += 1
+        if stopped and steps == steps_before:  # nothing moved since the last record
+            break
         previous, est = est, e_step(model, guide, x, chunk_size)
         n_changed = int((est.labels != previous.labels).sum())
         trace.append(
@@ -123,4 +139,7 @@ def fit_minibatch(
         )
         if callback:
             callback(trace[-1])
-    return FitResult(model, est.labels, est.q, trace, steps, False, "passes done")
+        if stopped:
+            break
+    reason = "interrupted" if stopped else "passes done"
+    return FitResult(model, est.labels, est.q, trace, steps, False, reason)

@@ -3,7 +3,7 @@
 ``inference.enumerate`` traces the model; this module turns the trace into terms (a site's
 distribution and value) and evaluates them on a chunk of rows: the full (K, n) terms and the
 broadcast ones (the prior's (K, 1)) are summed in one pass, or, when the observed distribution
-offers ``log_prob_plus``, the broadcast ones go into its own computation (a GEMM's bias) and
+is an exponential family (``inference.expfam``), the broadcast ones go into its GEMM's bias and
 the table costs no pass beyond making it.
 """
 
@@ -12,13 +12,14 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from pyro.distributions import ExpandedDistribution, MaskedDistribution
+from pyro.distributions import MaskedDistribution
 from pyro.distributions.util import is_identically_one, scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from inference import workspace
 from inference.errors import MixemError
+from inference.expfam import recognise
 
 ASSIGNMENT_SITE = "z"
 OBSERVED_SITE = "x"
@@ -93,7 +94,7 @@ def sum_terms(
     The terms that are already (K, n) (the observation's, usually) are added to the small ones
     (the prior's (K, 1)) in one pass, so a chunk's table costs a single extra read and write
     whatever the model; none when the observation's distribution takes the small terms into its
-    own computation (``log_prob_plus``, e.g. in a GEMM's bias). The result is a new tensor, a
+    GEMM's bias (an exponential family, ``_plus_method``). The result is a new tensor, a
     reused buffer, or (a single term with nothing to add) that term's own log-density, in the
     memory layout of the largest term, so an (n, K) GEMM table comes back contiguous; no site's
     log-density is written to unless it lies in a reused buffer. ``fixed``: kept with a trace
@@ -105,7 +106,7 @@ def sum_terms(
     small: list[Tensor] = []
     folding, plus = None, None
     for index, term in enumerate(terms):
-        if folding is None and (plus := _plus_method(term)) is not None:
+        if folding is None and (plus := _plus_method(term, K)) is not None:
             folding = term  # evaluated last, with the small terms in hand
             continue
         log_prob = _fixed_log_prob(term, index, fixed) if fixed is not None else None
@@ -137,15 +138,26 @@ def _fixed_log_prob(term: Term, index: int, fixed: dict[int, Tensor]) -> Tensor 
     return fixed[index]
 
 
-def _plus_method(term: Term) -> Any:
-    """The observed distribution's ``log_prob_plus`` (see ``models.components``) when it may
-    take the other sites' per-component terms: the site observes the chunk, unscaled, unmasked."""
+def _plus_method(term: Term, K: int) -> Any:
+    """``(x (n, D), per_component (K,)) -> (K, n)`` log-density of the observed site plus the
+    other sites' per-component terms, when it may take them (the site observes the chunk,
+    unscaled, unmasked) and it is an exponential family (``inference.expfam``): one GEMM
+    T(x) eta^T with those terms in its bias."""
     if term.value is not None or term.mask is not None or not is_identically_one(term.scale):
         return None
-    fn = term.fn
-    while isinstance(fn, ExpandedDistribution):  # the plate's expansion: (K, 1) -> (K, n)
-        fn = fn.base_dist
-    return getattr(fn, "log_prob_plus", None)
+    form = recognise(term.fn, K)
+    if form is None:
+        return None
+
+    def plus(x: Tensor, per_component: Tensor) -> Tensor:
+        # the terms' mean joins log h(x): with a uniform prior the components' own numbers,
+        # T(x) eta_c - A_c, stay as they are, so exact ties stay exact (see ModelForm.split_bias)
+        mean = per_component.mean()
+        bias = (per_component - mean) - form.log_normaliser
+        table = torch.addmm(bias, form.statistic(x), form.natural.T)
+        return table.add_((form.base_log_measure(x) + mean)[:, None]).T
+
+    return plus
 
 
 def _per_component(small: list[Tensor], K: int, like: Tensor) -> Tensor | None:

@@ -31,7 +31,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from inference import workspace
+from inference import native, workspace
 from inference.distributed import LOCAL, Reducer
 from inference.elbo import log_evidence_from_table
 from inference.em import EStep, FitResult, fit
@@ -40,6 +40,7 @@ from inference.enumerate import DATA_PLATE as PLATE
 from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params, iter_log_joint
 from inference.errors import MixemError
 from inference.guides import TopK
+from inference.observed import ModelForm, model_form
 from inference.responsibilities import Responsibilities
 from inference.trace import TraceRecord
 
@@ -148,9 +149,16 @@ class TruncatedTopK:
         return table.index_select(1, flat).view(-1, indices.shape[0])  # (G + 1) k rows
 
 
-def candidate_log_joint(model: Any, x: Tensor, candidates: Tensor) -> Tensor:
-    """(m, n) log p(x_i, z_i = candidates[j, i]) by one trace of the model with ``"z"``
-    conditioned on the candidates; ``x`` is (n, D), ``candidates`` (m, n) int64."""
+def candidate_log_joint(
+    model: Any, x: Tensor, candidates: Tensor, found: ModelForm | None = None
+) -> Tensor:
+    """(m, n) log p(x_i, z_i = candidates[j, i]); ``x`` is (n, D), ``candidates`` (m, n) int64.
+
+    For an exponential family (``found``, the model's form) each entry is the dot product
+    T(x_i) . eta_c + bias_c + log h(x_i), in C for float32 (no (m, n, F) gathered copy);
+    otherwise one trace of the model with ``"z"`` conditioned on the candidates."""
+    if found is not None:
+        return _candidate_dots(found, x, candidates)
     conditioned = poutine.condition(model, data={SITE: candidates})
     trace = poutine.trace(conditioned).get_trace(x)
     if SITE not in trace.nodes:
@@ -172,6 +180,22 @@ def candidate_log_joint(model: Any, x: Tensor, candidates: Tensor) -> Tensor:
         shape = tuple(getattr(total, "shape", ()))
         raise MixemError(f"site log-densities of shape {shape}, not (m, n) = {candidates.shape}")
     return total
+
+
+def _candidate_dots(found: ModelForm, x: Tensor, candidates: Tensor) -> Tensor:
+    form = found.form
+    stats = form.statistic(x).contiguous()
+    natural, bias = form.natural.detach().contiguous(), found.bias.contiguous()
+    operands = (natural, stats, bias)
+    if native.available() and all(
+        t.dtype == torch.float32 and t.device.type == "cpu" for t in operands
+    ):
+        values = native.gathered_dots(
+            natural, candidates.contiguous(), stats, bias, stats.new_empty(candidates.shape)
+        )
+    else:
+        values = torch.stack([(natural[row] * stats).sum(1) + bias[row] for row in candidates])
+    return values.add_(form.base_log_measure(x))
 
 
 def select_top(values: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -211,6 +235,7 @@ def truncated_e_step(
 ) -> EStep:
     """One truncated E-step over ``x`` (N, D) from the candidate sets ``previous`` (N, k)."""
     neighbourhoods = family.neighbourhoods(model, previous)
+    found = model_form(model, x)  # an exponential family: candidates by dot products
     weights = x.new_empty(previous.shape)
     indices = torch.empty_like(previous)
     point_fit, elbo = x.new_empty(x.shape[0]), 0.0
@@ -220,7 +245,7 @@ def truncated_e_step(
             workspace.next_chunk()
             rows = slice(start, start + chunk_size)
             candidates = family.search_space(previous[rows], neighbourhoods)
-            values = candidate_log_joint(model, x[rows], candidates)
+            values = candidate_log_joint(model, x[rows], candidates, found)
             kept, ids = select_top(values, candidates, family.k)
             w, point_fit[rows], part = summarise(kept)
             weights[rows], indices[rows], elbo = w.T, ids.T, elbo + part

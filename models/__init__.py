@@ -12,12 +12,18 @@ The contract between a model and the inference code (``inference/``) is small:
   fresh trace once per model, which catches a model that breaks the rule only when that pair
   of chunks shows it;
 * it has an ``n_components`` attribute (K);
-* optionally, a closed-form M-step: ``sufficient_statistics(x, q) -> dict`` of sums that are
-  additive over points (it must contain ``"counts"``, shape (K,)) and ``m_step(stats)`` that
-  sets the parameters maximising the expected complete-data log-likelihood. Without them the
-  generic gradient M-step (``inference.mstep.gradient_m_step``) is used.
+* optionally, a closed-form M-step ``m_step(stats)`` that sets the parameters maximising the
+  expected complete-data log-likelihood from sums over the points. When the observed site is
+  an exponential family of ``inference.expfam``'s table (every model here), the sums are the
+  family's: ``"counts"`` (K,) and its named moments (``"sum_x"``, ``"sum_dx"`` about
+  ``"shift"``, ...; the table's docstrings say which); a model of another family declares
+  its own ``sufficient_statistics(x, q) -> dict`` (additive over points, with ``"counts"``).
+  Location families take ``reference()`` (D,), a fixed point the sums are taken about.
+  Without ``m_step``, an exponential family gets an L-BFGS M-step on the sums alone, any other
+  model the generic gradient M-step on Pyro's ELBO (``inference.mstep``).
 
-Nothing in a model knows about guides or K-means.
+Every model is plain Pyro: nothing in a model is written for speed, and nothing knows about
+guides or K-means; the inference code reads the observed site's family from a trace.
 """
 
 from typing import Any

@@ -24,7 +24,6 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from inference.errors import MixemError
-from inference.responsibilities import Responsibilities
 from models.common import (
     init_weights,
     keep_where_empty,
@@ -89,11 +88,6 @@ class BernoulliMixture(PyroModule):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", mixing_prior(self.weights))
             pyro.sample("x", dist.Bernoulli(probs=self.probs[z]).to_event(1), obs=x)
-
-    def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:
-        """``counts`` (K,) and ``sum_x`` (K, D) of ``x`` (N, D) weighted by ``q``."""
-        K = self.n_components
-        return {"counts": q.counts(K), "sum_x": q.weighted_sum(x, K)}
 
     def m_step(self, stats: dict[str, Tensor]) -> None:
         """probs = clipped weighted mean; an empty component keeps its probs."""

@@ -23,7 +23,6 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from inference.errors import MixemError
-from inference.responsibilities import Responsibilities
 from models.common import (
     init_weights,
     is_whole,
@@ -121,11 +120,6 @@ class CategoricalMixture(PyroModule):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", mixing_prior(self.weights))
             pyro.sample("x", dist.Categorical(probs=self.probs[z]).to_event(1), obs=x)
-
-    def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:
-        """``counts`` (K,) and ``sum_onehot`` (K, D, C): weighted counts of each category."""
-        K, C = self.n_components, self.probs.shape[-1]
-        return {"counts": q.counts(K), "sum_onehot": q.weighted_sum(one_hot(x, C), K)}
 
     def m_step(self, stats: dict[str, Tensor]) -> None:
         """probs = weighted frequencies, floored at PROB_FLOOR and renormalised over the

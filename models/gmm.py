@@ -8,12 +8,15 @@ diag (K, D), spherical (K,), tied (D, D). As in scikit-learn, ``reg_covar`` is a
 diagonal of every covariance the M-step computes, so a component on a flat piece of data stays
 non-singular; with ``reg_covar=0`` a singular covariance is an error, never a NaN.
 
-The closed-form M-step uses statistics about a per-component shift (the starting means, kept
-fixed in the buffer ``shift``): the weighted sums of (x - shift_c) and of its outer products.
-The scatter about the new mean is then S2 - S1 S1^T / n, which keeps its precision because the
-shift lies among the data (E[x x^T] - mu mu^T would cancel catastrophically for data far from
-the origin). The shift is fixed, not the current means, so statistics taken under different
-parameters still add up (stepwise mini-batch EM averages them across M-steps).
+Plain Pyro: ``MultivariateNormal(locs[z], scale_tril=...)`` for full and tied covariances,
+``Normal(locs[z], scale[z]).to_event(1)`` for diag and spherical. The inference code reads
+them as exponential families (``inference.expfam``), so the closed-form M-step receives the
+family's sums about a fixed point r (``reference()``, the starting means' mean): the weighted
+sums of (x - r) and of its squares or outer products. The scatter about the new mean is then
+S2 - n delta delta^T with delta = S1 / n, which keeps its precision because r lies among the
+data (E[x x^T] - mu mu^T would cancel catastrophically for data far from the origin). r is
+fixed, not the current means, so statistics taken under different parameters still add up
+(stepwise mini-batch EM averages them across M-steps).
 """
 
 from __future__ import annotations
@@ -28,9 +31,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from inference.errors import MixemError
-from inference.responsibilities import Responsibilities
 from models.common import init_weights, keep_where_empty, mixing_prior, safe_counts, update_weights
-from models.gaussian_components import GaussianComponents
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 
@@ -45,9 +46,6 @@ class GMM(PyroModule):
         covariance_type: "full", "diag", "spherical" or "tied".
         reg_covar: added to the diagonal of each covariance by the M-step (>= 0).
         learn_weights: False keeps the weights fixed.
-        fast: observe through ``GaussianComponents`` (default: the enumerated table by one GEMM
-            of whitened differences) rather than ``MultivariateNormal(locs[z], cov[z])``, which
-            enumerates through a (K, n, D) tensor; the densities are equal, only speed differs.
     """
 
     weights: Tensor
@@ -64,10 +62,8 @@ class GMM(PyroModule):
         covariance_type: str = "full",
         reg_covar: float = 1e-6,
         learn_weights: bool = True,
-        fast: bool = True,
     ) -> None:
         super().__init__()
-        self.fast = fast
         if covariance_type not in COVARIANCE_TYPES:
             raise MixemError(
                 f"unknown covariance type {covariance_type!r}; choose one of: "
@@ -90,7 +86,7 @@ class GMM(PyroModule):
         _check_covariances(covariances.detach(), matrix)
         init_weights(self, weights, locs, learn_weights)
         self.locs = PyroParam(locs.detach().clone())  # type: ignore[assignment]
-        self.register_buffer("shift", locs.detach().clone())
+        self.register_buffer("origin", locs.detach().mean(0).clone())
         constraint = constraints.positive_definite if matrix else constraints.positive
         self.covariances = PyroParam(  # type: ignore[assignment]
             covariances.detach().clone(), constraint=constraint
@@ -121,8 +117,6 @@ class GMM(PyroModule):
 
     def component(self, z: Tensor) -> dist.TorchDistribution:
         """The distribution of x given the assignment ``z`` (any shape S): batch shape S."""
-        if self.fast:
-            return GaussianComponents(self.locs, self.covariances, self.covariance_type, z)
         locs, cov = self.locs[z], self.covariances
         if self.covariance_type == "full":
             return dist.MultivariateNormal(locs, scale_tril=torch.linalg.cholesky(cov)[z])
@@ -139,52 +133,31 @@ class GMM(PyroModule):
             z = pyro.sample("z", mixing_prior(self.weights))
             pyro.sample("x", self.component(z), obs=x)
 
-    def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:
-        """Weighted sums about the fixed per-component ``shift``, additive over points.
-
-        Args:
-            x: (N, D) data.
-            q: responsibilities of the N points.
-        Returns:
-            ``counts`` (K,); ``sum_dx`` (K, D) = sum_i q_ic (x_i - shift_c); ``sum_dxdx`` the
-            weighted sum of (x_i - shift_c)(x_i - shift_c)^T, (K, D, D) for full and tied
-            covariances, only its diagonal (K, D) for diag and spherical.
-        """
-        K, D = self.n_components, x.shape[1]
-        # (K, N): each component's weights contiguous, read once per component below
-        weights = q.dense(K).T.contiguous()
-        shift: Tensor = self.shift
-        full = self.covariance_type in ("full", "tied")
-        sum_dx = x.new_empty(K, D)
-        sum_dxdx = x.new_empty((K, D, D) if full else (K, D))
-        # centred per component, as scikit-learn: x - shift_c, never sum(x x^T) - corrections,
-        # which would cancel for data far from the origin; two (N, D) buffers serve every c
-        diff, weighted = torch.empty_like(x), torch.empty_like(x)
-        for c in range(K):  # one GEMM (D, N) x (N, D) per component: O(K N D^2), as scikit-learn
-            torch.sub(x, shift[c], out=diff)
-            torch.mul(diff, weights[c, :, None], out=weighted)
-            torch.sum(weighted, 0, out=sum_dx[c])
-            if full:
-                torch.mm(weighted.T, diff, out=sum_dxdx[c])
-            else:
-                torch.sum(weighted.mul_(diff), 0, out=sum_dxdx[c])
-        return {"counts": q.counts(K), "sum_dx": sum_dx, "sum_dxdx": sum_dxdx}
+    def reference(self) -> Tensor:
+        """(D,) the fixed point the M-step's sums are taken from (the starting means' mean)."""
+        origin: Tensor = self.origin
+        return origin
 
     def m_step(self, stats: dict[str, Tensor]) -> None:
-        """Weighted means, covariances (+ reg_covar) and weights from ``sufficient_statistics``.
+        """Weighted means, covariances (+ reg_covar) and weights from the family's sums.
 
         A component with no weight keeps its mean and covariance.
+
+        Args:
+            stats: ``counts`` (K,), ``shift`` (D,) r, ``sum_dx`` (K, D) = sum_i q_ic (x_i - r)
+                and ``sum_dxdx``: (K, D, D) weighted outer products of x_i - r for full and
+                tied covariances, (K, D) weighted squares for diag and spherical.
         """
         counts = stats["counts"]
         n = safe_counts(counts)
-        shift: Tensor = self.shift
+        shift = stats["shift"]
         old_locs, old_cov = self.locs.detach(), self.covariances.detach()
         delta = stats["sum_dx"] / n[:, None]
         locs = keep_where_empty(shift + delta, old_locs, counts)
         if self.covariance_type in ("full", "tied"):
             scatter = stats["sum_dxdx"] - n[:, None, None] * delta[:, :, None] * delta[:, None, :]
             scatter = (scatter + scatter.mT) / 2  # exactly symmetric, as Cholesky expects
-            eye = torch.eye(shift.shape[1], dtype=shift.dtype, device=shift.device)
+            eye = torch.eye(shift.shape[0], dtype=shift.dtype, device=shift.device)
             if self.covariance_type == "full":
                 cov = keep_where_empty(scatter / n[:, None, None], old_cov, counts)
             else:

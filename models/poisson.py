@@ -23,7 +23,6 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from inference.errors import MixemError
-from inference.responsibilities import Responsibilities
 from models.common import (
     init_weights,
     is_whole,
@@ -85,11 +84,6 @@ class PoissonMixture(PyroModule):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", mixing_prior(self.weights))
             pyro.sample("x", dist.Poisson(self.rates[z]).to_event(1), obs=x)
-
-    def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:
-        """``counts`` (K,) and ``sum_x`` (K, D) of ``x`` (N, D) weighted by ``q``."""
-        K = self.n_components
-        return {"counts": q.counts(K), "sum_x": q.weighted_sum(x, K)}
 
     def m_step(self, stats: dict[str, Tensor]) -> None:
         """rates = weighted mean floored at MIN_RATE; an empty component keeps its rates."""

@@ -5,10 +5,10 @@
 
 so log p(x_i, z_i = c) = -||x_i - locs[c]||^2 / 2 - (D/2) log 2pi - log K.
 
-The observation is drawn from ``IsotropicNormalComponents(locs, z)``: when Pyro enumerates
-``z`` its log-density is the (n, K) table by one GEMM. ``fast=False`` writes the textbook
-``Normal(locs[z], 1).to_event(1)`` instead, which enumerates through a (K, n, D) tensor; both
-define the same model, and the tests hold them to the same table.
+Plain Pyro, the lecture's ``Normal(locs[z], 1).to_event(1)``. The inference code reads that
+site as an exponential family (``inference.expfam``: T(x) = x - r, eta_c = locs_c - r, the
+fixed unit scale folded into log h(x)), so the enumerated table is one GEMM and an EM
+iteration one pass over the data; nothing here is written for speed.
 """
 
 from __future__ import annotations
@@ -19,35 +19,29 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
-from inference.responsibilities import Responsibilities
-from models.components import IsotropicNormalComponents
-
 
 class RestrictedGMM(PyroModule):
     """Mixture of K unit-covariance Gaussians with equal weights; ``locs`` are the parameters.
 
     Args:
         locs: (K, D) initial means; their dtype and device are the model's.
-        fast: observe through the GEMM component distribution (default) rather than
-            ``Normal(locs[z], 1)``; the densities are equal, only speed and memory differ.
     """
 
     locs: Tensor  # a PyroParam: reading it gives the constrained tensor
 
-    def __init__(self, locs: Tensor, fast: bool = True) -> None:
+    def __init__(self, locs: Tensor) -> None:
         super().__init__()
         if locs.dim() != 2:
             raise ValueError(f"locs must have shape (K, D), got {tuple(locs.shape)}")
         self.locs = PyroParam(locs.detach().clone())  # type: ignore[assignment]
-        self.fast = fast
         # fixed for the model's life (not a parameter): statistics summed at different times or
         # on different workers stay additive
         self.register_buffer("origin", locs.detach().mean(0).clone())
 
     @classmethod
-    def from_centres(cls, centres: Tensor, x: Tensor, fast: bool = True) -> RestrictedGMM:
+    def from_centres(cls, centres: Tensor, x: Tensor) -> RestrictedGMM:
         """Start at ``centres`` (K, D) (e.g. from k-means++ on ``x`` (N, D))."""
-        return cls(centres, fast=fast)
+        return cls(centres)
 
     @property
     def n_components(self) -> int:
@@ -59,36 +53,27 @@ class RestrictedGMM(PyroModule):
         uniform = torch.zeros(locs.shape[0], dtype=locs.dtype, device=locs.device)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Categorical(logits=uniform))
-            if self.fast:
-                pyro.sample("x", IsotropicNormalComponents(locs, z), obs=x)
-            else:
-                pyro.sample("x", dist.Normal(locs[z], 1.0).to_event(1), obs=x)
+            pyro.sample("x", dist.Normal(locs[z], 1.0).to_event(1), obs=x)
 
     def reference(self) -> Tensor:
-        """(D,) the point the statistics are taken from: the initial locs' mean, fixed."""
+        """(D,) the point the M-step's sums are taken from: the initial locs' mean, fixed.
+
+        Float32 sums of raw coordinates far from the origin (1e8, say) round away the spread
+        of a cluster, sums of offsets do not; fixed, so sums taken under different parameters
+        (stepwise mini-batch EM, several workers) add up.
+        """
         origin: Tensor = self.origin
         return origin
 
-    def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:
-        """Sums over points for the M-step, additive across chunks, workers and M-steps.
-
-        The data are summed relative to ``reference()`` (a fixed point near the data): float32
-        sums of raw coordinates far from the origin (1e8, say) round away the spread of a
-        cluster, sums of offsets do not.
+    def m_step(self, stats: dict[str, Tensor]) -> None:
+        """locs[c] = weighted mean of the points in c; a component with no weight keeps its mean.
 
         Args:
-            x: (N, D) data.
-            q: responsibilities of the N points.
-        Returns:
-            ``counts`` (K,) and ``sum_dx`` (K, D) = sum_i q_ic (x_i - reference).
+            stats: the Normal family's sums (``inference.expfam``): ``counts`` (K,),
+                ``sum_dx`` (K, D) = sum_i q_ic (x_i - shift) and ``shift`` (D,).
         """
-        K = self.n_components
-        return {"counts": q.counts(K), "sum_dx": q.weighted_sum(x, K, offset=self.reference())}
-
-    def m_step(self, stats: dict[str, Tensor]) -> None:
-        """locs[c] = weighted mean of the points in c; a component with no weight keeps its mean."""
         counts = stats["counts"][:, None]
         old = self.locs.detach()
         tiny = torch.finfo(old.dtype).tiny
-        means = self.reference() + stats["sum_dx"] / counts.clamp_min(tiny)
+        means = stats["shift"] + stats["sum_dx"] / counts.clamp_min(tiny)
         self.locs = torch.where(counts > 0, means, old)

@@ -28,7 +28,6 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
 from inference.errors import MixemError
-from inference.responsibilities import Responsibilities
 from models.common import (
     init_weights,
     keep_where_empty,
@@ -166,18 +165,11 @@ class VMFMixture(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         """The generative model; ``x`` is (N, D) unit vectors."""
-        unit = x / x.norm(dim=1, keepdim=True)  # rounding only; validate_data checked the norms
         kappa = self.concentration
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", mixing_prior(self.weights))
             component_kappa = kappa if self.shared else kappa[z]
-            pyro.sample("x", VonMisesFisher(self.locs[z], component_kappa), obs=unit)
-
-    def sufficient_statistics(self, x: Tensor, q: Responsibilities) -> dict[str, Tensor]:
-        """``counts`` (K,) and ``sum_x`` (K, D): the weighted resultant of each component."""
-        K = self.n_components
-        unit = x / x.norm(dim=1, keepdim=True)
-        return {"counts": q.counts(K), "sum_x": q.weighted_sum(unit, K)}
+            pyro.sample("x", VonMisesFisher(self.locs[z], component_kappa), obs=x)
 
     def m_step(self, stats: dict[str, Tensor]) -> None:
         """locs = normalised resultants; concentration solves A_D(kappa) = mean resultant length

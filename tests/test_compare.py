@@ -53,7 +53,10 @@ def test_every_guide_starts_from_the_same_parameters_and_the_model_is_untouched(
     assert torch.equal(model.locs.detach(), init)  # the caller's model is not fitted
     torch.testing.assert_close(spies[0].tables[0], spies[1].tables[0], rtol=0, atol=0)
     evidence = {label: r.trace[0].log_evidence for label, r in results.items()}
-    assert len(set(evidence.values())) == 1, evidence
+    # the same parameters: the same log evidence, to the rounding of two ways of summing it
+    # (the fused pass for categorical, a table per chunk for the others)
+    first = evidence["spy0"]
+    assert all(abs(v - first) <= 1e-12 * abs(first) for v in evidence.values()), evidence
     assert len({id(r.model) for r in results.values()}) == len(results)
     assert results["categorical"].trace[0].kl_gap == pytest.approx(0.0, abs=1e-9)
     assert results["spy0"].trace[0].kl_gap > 0
@@ -167,8 +170,10 @@ def test_compare_cli_writes_trace_summary_and_plot(tmp_path, capsys):
         assert [int(r["iteration"]) for r in mine] == list(range(len(mine)))
         assert len(mine) == summary_json["guides"][name]["n_iter"] + 1 <= 9
         assert float(mine[-1]["elbo"]) == pytest.approx(summary_json["guides"][name]["elbo"])
-    first = {float(r["log_evidence"]) for r in rows if r["iteration"] == "0"}
-    assert len(first) == 1  # one start for all
+    first = [float(r["log_evidence"]) for r in rows if r["iteration"] == "0"]
+    # one start for all: one log evidence, to the rounding of two ways of summing it (the
+    # fused pass of delta and categorical, a table per chunk for the others)
+    assert max(first) - min(first) <= 1e-12 * abs(first[0])
     assert (out / "compare.png").read_bytes()[:8] == PNG
 
 
@@ -262,7 +267,11 @@ def test_readme_compare_example_runs(tmp_path, monkeypatch, capsys):
         "sampled",
         "anneal:4:1:10",
     ]
-    assert printed["delta"] == printed["topk:1"]  # topk:1 is delta, iteration by iteration
+    # topk:1 is delta, iteration by iteration (delta's sums come from the fused pass, topk's
+    # from a table per chunk: equal to rounding)
+    delta, topk1 = printed["delta"].split(), printed["topk:1"].split()
+    assert delta[0] == topk1[0]
+    assert [float(v) for v in delta[1:]] == pytest.approx([float(v) for v in topk1[1:]], rel=1e-12)
     _, elbo, evidence = (float(v) for v in printed["categorical"].split())
     assert elbo == pytest.approx(evidence, rel=1e-12)
     assert (tmp_path / "compare.png").read_bytes()[:8] == PNG

@@ -162,9 +162,11 @@ def test_e_step_does_not_depend_on_the_chunk_size(spec):
     x, model = overlapping(0, n=50)
     whole = e_step(model, parse_guide(spec, K), x)
     chunked = e_step(model, parse_guide(spec, K), x, chunk_size=7)
-    assert torch.equal(chunked.q.weights, whole.q.weights) and torch.equal(
-        chunked.labels, whole.labels
-    )
+    # BLAS may take another kernel for another number of rows: the weights agree to a few
+    # ulps of 1 (their scale), the labels and indices exactly
+    eps = torch.finfo(whole.q.weights.dtype).eps
+    torch.testing.assert_close(chunked.q.weights, whole.q.weights, rtol=0, atol=8 * eps)
+    assert torch.equal(chunked.labels, whole.labels)
     if whole.q.indices is not None:
         assert torch.equal(chunked.q.indices, whole.q.indices)
     assert chunked.elbo == pytest.approx(whole.elbo, rel=1e-12)

@@ -18,7 +18,6 @@ from inference.em import e_step
 from inference.enumerate import _reuse_checked, iter_log_joint, log_joint
 from inference.guides import Delta
 from models import GMM, RestrictedGMM, VMFMixture
-from models.components import IsotropicNormalComponents
 
 LOCS = torch.tensor([[0.0, 0.0], [3.0, 1.0], [-2.0, 4.0]], dtype=torch.float64)
 
@@ -59,7 +58,6 @@ def test_reused_traces_give_fresh_traces_tables_for_every_model_kind():
     covariances = torch.eye(2, dtype=torch.float64).expand(3, 2, 2) * 1.5
     models = [
         RestrictedGMM(LOCS.clone()),
-        RestrictedGMM(LOCS.clone(), fast=False),
         GMM(LOCS.clone(), covariances.clone(), weights=weights),
     ]
     for model in models:
@@ -125,7 +123,7 @@ def test_a_mask_inside_the_distribution_is_never_reused():
     def robust(x: torch.Tensor) -> None:
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3, dtype=x.dtype)))
-            near = IsotropicNormalComponents(LOCS, z).mask(x.norm(dim=1) < 50)
+            near = dist.Normal(LOCS[z], 1.0).to_event(1).mask(x.norm(dim=1) < 50)
             pyro.sample("x", near, obs=x)
 
     x = blobs(12, 3, 2, seed=6)
@@ -133,22 +131,17 @@ def test_a_mask_inside_the_distribution_is_never_reused():
     assert torch.equal(log_joint(robust, x, 4), per_chunk_truth(robust, x, 4))
 
 
-def test_subclasses_with_their_own_log_prob_are_not_offered_the_prior():
-    class OwnLogProb(IsotropicNormalComponents):
+def test_subclasses_with_their_own_log_prob_are_not_read_as_the_family():
+    class OwnLogProb(dist.Normal):
         def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-            return super().log_prob(value) - 1.0  # a different density: must be used as is
-
-    class OldTable(IsotropicNormalComponents):
-        def log_prob_table(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            return super().log_prob_table(x)
+            return super().log_prob(value) - 0.5  # a different density: must be used as is
 
     x = blobs(40, 3, 2, seed=7)
     reference = log_joint(RestrictedGMM(LOCS.clone()), x)
-    for component, shift in ((OwnLogProb, -1.0), (OldTable, 0.0)):
 
-        def model(x: torch.Tensor, component=component) -> None:
-            with pyro.plate("data", x.shape[0]):
-                z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3, dtype=x.dtype)))
-                pyro.sample("x", component(LOCS, z), obs=x)
+    def model(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3, dtype=x.dtype)))
+            pyro.sample("x", OwnLogProb(LOCS[z], 1.0).to_event(1), obs=x)
 
-        torch.testing.assert_close(log_joint(model, x, 16), reference + shift)
+    torch.testing.assert_close(log_joint(model, x, 16), reference - 1.0)

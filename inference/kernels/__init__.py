@@ -2,8 +2,9 @@
 
 For an exponential-family mixture the E-step table is S = (T - shift) eta^T + b + h[:, None]
 (N, K): T (N, F) the data's statistics, eta (K, F) the natural parameters, b (K,) =
-log pi_c - A(eta_c), h (N,) the base measure's log. ``run_pass`` computes it a block of rows at a time (BLAS gemm), reduces
-each row for the guide family and adds the M-step statistics while the block is in cache:
+log pi_c - A(eta_c), h (N,) the base measure's log. ``run_pass`` computes it a block of rows
+at a time (BLAS gemm), reduces each row for the guide family and adds the M-step statistics
+while the block is in cache:
 
 - ``mode="hard"`` (Delta guide): q_i one-hot at the first argmax of S_i; E_q[S_i] = max_c S_ic,
   entropy 0; counts and sum_t add each row to its label's sums.

@@ -1,0 +1,158 @@
+"""The E-step and the M-step's statistics in one read of the data, for exponential families.
+
+When the model's observed site is an exponential family (``inference.observed``) and the guide
+family's best member is a row reduction of the table (``Delta``: argmax; ``Categorical`` and
+``Tempered``: a softmax), an EM iteration needs the data once: the kernel
+(``inference.kernels.run_pass``) takes cache-sized blocks of rows through the GEMM
+T(x) eta^T + bias, reduces each row for the guide, and adds the rows' statistics
+sum_i q_ic T(x_i) while the block is in cache. T(x) and log h(x) are computed once per fit.
+
+    prepare(model, x) -> FusedData (once) ;  e_step(model, family, data, ...) -> EStep (each)
+
+Everything else (``Sampled``, ``TopK``, data streamed from a file, a model outside the table)
+takes the generic path (``inference.em.e_step``): the same answers, a table per chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from inference.distributed import LOCAL, Reducer
+from inference.errors import MixemError
+from inference.kernels import run_pass
+from inference.observed import ModelForm, fit_shift, model_form, row_statistics
+from inference.responsibilities import Responsibilities
+from inference.state import EStep
+
+Stats = dict[str, Tensor]
+
+
+class FusedData(NamedTuple):
+    """What a fit computes once from the data (N rows, F statistics).
+
+    t: (N, F) T(x), or ``x`` itself when T(x) = x - kernel_shift (no copy of the data).
+    kernel_shift: (F,) subtracted from each row of ``t`` inside the kernel, or None.
+    base: (N,) log h(x).
+    probe_base: (2,) log h of the first two rows, computed as ``current_form`` checks it.
+    shift: (D,) the point location families centre on, fixed for the fit, or None.
+    family: the observed family's name; the layout of ``t`` belongs to it.
+    """
+
+    x: Tensor
+    t: Tensor
+    kernel_shift: Tensor | None
+    base: Tensor
+    shift: Tensor | None
+    family: str
+    probe_base: Tensor
+
+
+def reduction(family: Any) -> tuple[str, float] | None:
+    """``(mode, temperature)`` of the kernel's row reduction for a guide family, or None when
+    its E-step is not a row reduction the kernel makes (e.g. a draw, a top-k)."""
+    reduces = getattr(family, "pass_reduction", None)
+    return reduces() if callable(reduces) else None
+
+
+def prepare(model: Any, x: Tensor, chunk_size: int) -> FusedData | None:
+    """T(x) and log h(x) of ``x`` (N, D) for the fit, or None when the fused path does not apply
+    (data streamed from a file, a model outside the table of families)."""
+    if not isinstance(x, Tensor) or x.shape[0] == 0:
+        return None
+    found = model_form(model, x, fit_shift(model))
+    if found is None:
+        return None
+    form = found.form
+    shift = form.shift
+    if form.linear:  # T(x) = x - shift: the kernel subtracts it per block, no (N, D) copy
+        t, kernel_shift = x.contiguous(), shift
+    else:
+        t = torch.cat([form.statistic(x[s : s + chunk_size]) for s in range(0, len(x), chunk_size)])
+        kernel_shift = None
+    base = torch.cat(
+        [form.base_log_measure(x[s : s + chunk_size]) for s in range(0, len(x), chunk_size)]
+    )
+    probe = form.base_log_measure(x[:2])
+    return FusedData(x, t.contiguous(), kernel_shift, base.to(x.dtype), shift, form.family, probe)
+
+
+def current_form(model: Any, data: FusedData) -> ModelForm:
+    """The model's form under its current parameters, in the fit's coordinates."""
+    found = model_form(model, data.x, data.shift)
+    if found is None or found.form.family != data.family:
+        raise MixemError(
+            "the model's observed distribution changed between iterations "
+            f"(was {data.family!r}); a mixture keeps its family during a fit"
+        )
+    # the same computation on the same rows as in prepare: equal unless a fixed parameter of
+    # h moved (a scale set by hand between iterations, say)
+    if not torch.equal(found.form.base_log_measure(data.x[:2]), data.probe_base):
+        raise MixemError(
+            "the model's fixed parameters changed during the fit (log h(x) differs); make "
+            "them PyroParams to learn them, or start a new fit"
+        )
+    return found
+
+
+def e_step(
+    model: Any,
+    family: Any,
+    data: FusedData,
+    reducer: Reducer = LOCAL,
+    recycle: Responsibilities | None = None,
+) -> EStep:
+    """One pass over ``data``: the family's q, labels, point fits, ELBO and log evidence
+    (totals over workers) and the M-step's statistics (sums over workers, the data's dtype)."""
+    mode_temperature = reduction(family)
+    assert mode_temperature is not None, f"{family!r} is not a row reduction"
+    mode, temperature = mode_temperature
+    found = current_form(model, data)
+    form = found.form
+    n, K = data.t.shape[0], int(form.natural.shape[0])
+    q_out = None
+    if mode == "soft":
+        old = None if recycle is None or recycle.indices is not None else recycle.weights
+        fits = old is not None and old.shape == (n, K) and old.dtype == data.x.dtype
+        q_out = old if fits else data.x.new_empty(n, K)
+    bias, constant = found.split_bias()
+    with torch.no_grad():
+        result = run_pass(
+            data.t,
+            form.natural.detach(),
+            bias.detach(),
+            data.base,
+            data.kernel_shift,
+            mode=mode,
+            temperature=temperature,
+            q_out=q_out,
+        )
+        dtype = data.x.dtype
+        local: Stats = {
+            "counts": result.counts,
+            "sum_t": result.sum_t,
+            **form.moments(result.sum_t),
+        }
+        stats = {name: reducer.sum(value).to(dtype) for name, value in local.items()}
+        if "shift" in local:  # a point, not a sum: the same on every worker
+            stats["shift"] = local["shift"].to(dtype)
+        # the prior's mean, left out of the kernel's bias, is the same for every point
+        point_fit = result.point_fit.add_(constant)
+        shared = float(constant) * n
+        local_totals = [result.elbo + shared, result.log_evidence + shared]
+        totals = reducer.sum(torch.tensor(local_totals, dtype=torch.float64))
+    if q_out is None:
+        q = Responsibilities.one_hot(result.labels, data.x.dtype)
+    else:
+        q = Responsibilities(q_out, None)
+    return EStep(
+        q,
+        result.labels,
+        point_fit,
+        float(totals[0]),
+        float(totals[1]),
+        stats,
+        row_statistics(form, K),
+    )
