@@ -230,7 +230,10 @@ def fit(
         check_params(after, n_iter, trace)
         shift = squared_shift(before, after)
         family = family_at(n_iter)
-        previous = est
+        # the point fits are dead once the M-step used them: released before the next pass,
+        # which keeps the peak at one set of N floats (the labels stay: they count changes)
+        previous = est._replace(point_fit=est.point_fit[:0].clone())
+        del est
         search = getattr(family, "search", None)
         searched = search is not None and family == family_at(n_iter - 1)
         if search is not None and searched:  # a truncated family: from the last E-step's q

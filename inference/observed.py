@@ -1,7 +1,7 @@
 """A plain Pyro mixture read as an exponential family: the model's form under its current
-parameters, from one enumerated trace of a few rows.
+parameters, from one run of the model on two rows with the assignment enumerated.
 
-A mixture whose only sites in the data plate are the assignment ``"z"`` (a prior the same for
+A mixture whose only sample sites are the assignment ``"z"`` (a prior the same for
 every point) and the observation ``"x"`` (a distribution of ``inference.expfam``'s table) has
 
     log p(x_i, z_i = c) = T(x_i) . eta_c + bias_c + log h(x_i),   bias_c = log pi_c - A(eta_c)
@@ -11,7 +11,7 @@ sites' distributions depend on the parameters, not on the data (the model contra
 ``models``), so two rows show them as well as a million; any other model gets ``None`` and
 the generic path (Pyro's own log_prob of each site).
 
-The trace runs with gradients on, so the form tells fixed parameters (a Python float, a frozen
+The model runs with gradients on, so the form tells fixed parameters (a Python float, a frozen
 tensor: no ``requires_grad``) from learned ones, which decides the statistics the M-step needs.
 """
 
@@ -21,10 +21,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from inference.enumerate import isolated_params, trace_enumerated
+from inference.enumerate import isolated_params
 from inference.expfam import ExpFamForm, recognise
 from inference.responsibilities import Responsibilities
 from inference.site_terms import ASSIGNMENT_SITE, DATA_PLATE, OBSERVED_SITE
@@ -63,7 +64,7 @@ def model_form(
     """The form of ``model`` on data like ``x`` (N, D), or None for the generic path.
 
     Args:
-        x: (N, D) data; only its first ``PROBE_ROWS`` rows are traced.
+        x: (N, D) data; only its first ``PROBE_ROWS`` rows are run through the model.
         shift: (D,) the point location families centre the data on (fixed for a fit, so
             statistics taken under different parameters add up); None: the form chooses.
         detach: False keeps the prior's graph (a gradient M-step differentiates the form).
@@ -71,11 +72,13 @@ def model_form(
     probe = x[:PROBE_ROWS]
     if not isinstance(probe, Tensor) or probe.shape[0] == 0:
         return None
-    trace = _enumerated_trace(model, probe)
-    if trace is None or set(_plate_sites(trace)) != {ASSIGNMENT_SITE, OBSERVED_SITE}:
+    sites = _read_sites(model, probe)
+    if sites is None or set(sites) != {ASSIGNMENT_SITE, OBSERVED_SITE}:
         return None
-    z_site, x_site = trace.nodes[ASSIGNMENT_SITE], trace.nodes[OBSERVED_SITE]
-    if not (_plain(z_site) and _plain(x_site) and x_site["is_observed"]):
+    z_site, x_site = sites[ASSIGNMENT_SITE], sites[OBSERVED_SITE]
+    if not all(_in_data_plate(site) and _plain(site) for site in (z_site, x_site)):
+        return None
+    if not x_site["is_observed"] or z_site["is_observed"]:
         return None
     if x_site["value"] is not probe:  # the data reach the site transformed (e.g. x / |x|)
         return None
@@ -87,6 +90,44 @@ def model_form(
     if form is None:
         return None
     return ModelForm(form, (log_prior.detach() if detach else log_prior).to(probe.dtype))
+
+
+class _SiteReader(Messenger):
+    """Runs a model once with ``"z"`` set to its support, (K, 1) along the enumeration dim -2
+    (as Pyro's parallel enumeration sets it), and keeps every sample site's message.
+
+    It is what ``poutine.trace(poutine.enum(...))`` records of such a model, for a third of its
+    cost (a form is read every iteration, and at every step of a gradient M-step); the generic
+    path and its checks use Pyro's own enumeration (``inference.enumerate``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: dict[str, Any] = {}
+
+    def _pyro_sample(self, msg: Any) -> None:
+        if site_is_subsample(msg):
+            return
+        if msg["name"] == ASSIGNMENT_SITE and not msg["is_observed"]:
+            support = msg["fn"].enumerate_support(expand=False)  # (K, 1) under the plate
+            if support.dim() != 2 or support.shape[1] != 1:
+                raise _NotAMixtureError
+            msg["value"], msg["done"] = support, True
+        self.sites[msg["name"]] = msg
+
+
+class _NotAMixtureError(Exception):
+    """The model's sites are not those of a mixture the form can read."""
+
+
+def _read_sites(model: Any, probe: Tensor) -> dict[str, Any] | None:
+    reader = _SiteReader()
+    with isolated_params(), torch.enable_grad():
+        try:
+            with reader:
+                model(probe)
+        except Exception:
+            return None
+    return reader.sites
 
 
 def fit_shift(model: Any) -> Tensor | None:
@@ -108,24 +149,8 @@ def row_statistics(
     return stats_of
 
 
-def _enumerated_trace(model: Any, probe: Tensor) -> Any:
-    with isolated_params(), torch.enable_grad():
-        try:
-            return trace_enumerated(model, probe)
-        except Exception:
-            return None
-
-
-def _plate_sites(trace: Any) -> list[str]:
-    names = []
-    for name in trace.stochastic_nodes + trace.observation_nodes:
-        site = trace.nodes[name]
-        if site_is_subsample(site):
-            continue
-        if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
-            return []  # a global site: not a mixture of this kind
-        names.append(name)
-    return names
+def _in_data_plate(site: Any) -> bool:
+    return any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"])
 
 
 def _plain(site: Any) -> bool:

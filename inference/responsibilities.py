@@ -34,10 +34,10 @@ class Responsibilities(NamedTuple):
 
     @staticmethod
     def one_hot(labels: Tensor, dtype: torch.dtype) -> Responsibilities:
-        """A Delta q at ``labels`` (N,) int64."""
-        return Responsibilities(
-            torch.ones(labels.shape[0], 1, dtype=dtype, device=labels.device), labels[:, None]
-        )
+        """A Delta q at ``labels`` (N,) int64; its weights are one 1 seen N times (stride 0),
+        so a Delta q costs no memory beyond its labels."""
+        one = torch.ones(1, 1, dtype=dtype, device=labels.device)
+        return Responsibilities(one.expand(labels.shape[0], 1), labels[:, None])
 
     @staticmethod
     def cat(parts: list[Responsibilities]) -> Responsibilities:
