@@ -117,7 +117,7 @@ def e_step_without_record(model: RestrictedGMM, x: Tensor, chunk_size: int) -> N
     """``inference.em.e_step`` under the Delta family minus the trace record (the ELBO's sums
     and the logsumexp of the log evidence): q, labels and point fits exactly as it keeps them."""
     assembled, labels, fits = Assembler(x.shape[0]), [], []
-    for start, table in iter_log_joint(model, x, chunk_size, reuse=True):
+    for start, table in iter_log_joint(model, x, chunk_size):
         top, arg = argmax_rows(table)  # the Delta E-step's argmax, without the logsumexp
         q = Responsibilities.one_hot(arg, table.dtype)
         assembled.put(start, q)

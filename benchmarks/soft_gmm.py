@@ -31,7 +31,7 @@ import cases
 
 from inference import fused
 from inference.em import fit
-from inference.families import Categorical
+from inference.guides import Categorical
 from models.gmm import GMM
 
 QUICK, FULL = (20_000, 16, 32), (200_000, 16, 32)

@@ -23,18 +23,12 @@ from torch import Tensor
 from inference import native
 from inference.enumerate import enumerate_assignment_only, isolated_params
 from inference.guides import is_exact_for_trace_elbo, pyro_guide
-from inference.reductions import logsumexp_rows, remembered_expectation, remembered_summary
+from inference.reductions import logsumexp_rows
 from inference.responsibilities import Responsibilities
 
 
 def expected_log_joint_per_point(log_joint: Tensor, q: Responsibilities) -> Tensor:
     """(n,) E_q[log p(x_i, z_i)] for a chunk; ``log_joint`` is (n, K)."""
-    if q.indices is not None and q.indices.shape[1] == 1:
-        # one-hot q (weights are 1): the picked entries, and when q sits at the row maxima
-        # just summarised (a Delta E-step) those are the maxima: no gather over the table
-        known = remembered_summary(log_joint)
-        if known is not None and torch.equal(q.indices[:, 0], known.arg):
-            return known.top.clone()
     picked = log_joint if q.indices is None else log_joint.gather(1, q.indices)
     # 0 * (-inf) must count as 0: a component q gives no weight to contributes nothing
     return torch.where(q.weights > 0, q.weights * picked, 0.0).sum(1)
@@ -48,12 +42,13 @@ def entropy_per_point(q: Responsibilities) -> Tensor:
 
 
 def fit_and_entropy(log_joint: Tensor, q: Responsibilities) -> tuple[Tensor, Tensor]:
-    """``expected_log_joint_per_point`` and ``entropy_per_point`` of a chunk, each (n,); a dense
+    """``expected_log_joint_per_point`` and ``entropy_per_point`` of a chunk, each (n,), or
+    what the guide family took of them already (``q.facts``, from this very table); a dense
     float32 q takes one fused pass (``inference.native``) instead of several with a log each."""
-    weights = q.weights
-    known = None if q.indices is not None else remembered_expectation(log_joint, weights)
-    if known is not None:  # the softmax of this table took them as it wrote q
-        return known
+    facts, weights = q.facts, q.weights
+    if facts is not None and facts.point_fit is not None:
+        entropy = facts.entropy if facts.entropy is not None else entropy_per_point(q)
+        return facts.point_fit, entropy
     if (
         q.indices is None
         and native.handles(log_joint)

@@ -13,7 +13,6 @@ length (see ``_Tables``).
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +21,6 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from inference import workspace
 from inference.errors import MixemError
 from inference.site_terms import (
     ASSIGNMENT_SITE,
@@ -97,10 +95,6 @@ def trace_enumerated(model: Model, x: Tensor) -> Any:
     return trace
 
 
-# model -> whether the first reuse of a trace gave the table a fresh trace gives (see _Tables)
-_reuse_checked: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-
-
 class _Tables:
     """The tables of one model's chunks, under fixed parameters (one E-step).
 
@@ -110,14 +104,19 @@ class _Tables:
     chunk of that length, the observed value swapped for the chunk's rows; a model whose data
     reach its sites other than as the observed value (a per-point mask, a transformed
     observation) is traced per chunk. The first time a trace serves a second chunk, its table is
-    checked against a fresh trace's, once per model: a model that computes its distributions
-    from the data is then traced per chunk, as before, when that pair of chunks shows it (a
-    sample, not a proof: the rule is part of the model contract).
+    checked against a fresh trace's, once per ``_Tables`` (per E-step): a model that computes
+    its distributions from the data is then traced per chunk, as before, when that pair of
+    chunks shows it (a sample, not a proof: the rule is part of the model contract).
+
+    Attributes:
+        verdict: None until that check is made, then whether the reused table was the fresh
+            one (False: every later chunk is traced afresh).
     """
 
     def __init__(self, model: Model) -> None:
         self.model = model
         self.kept: dict[int, tuple[list[Term], int, dict[int, Tensor]]] = {}
+        self.verdict: bool | None = None
 
     def __call__(self, chunk: Tensor) -> Tensor:
         """(n, K) table of ``chunk`` (n, D)."""
@@ -126,10 +125,9 @@ class _Tables:
             return self._traced(chunk, keep=True)
         terms, K, fixed = kept
         table = sum_terms(terms, chunk, K, fixed)
-        if _verdict(self.model) is None:
+        if self.verdict is None:
             fresh = self._traced(chunk, keep=False)
-            same = bool(torch.equal(table, fresh))
-            _record_verdict(self.model, same)
+            self.verdict = same = bool(torch.equal(table, fresh))
             if not same:
                 self.kept.clear()
                 return fresh
@@ -139,25 +137,13 @@ class _Tables:
         trace = trace_enumerated(self.model, chunk)
         K = trace.nodes[ASSIGNMENT_SITE]["value"].numel()
         terms, reusable = plate_terms(trace, chunk)
-        if keep and reusable and _verdict(self.model) is not False:
+        if keep and reusable and self.verdict is not False:
             self.kept[chunk.shape[0]] = (terms, K, {})
         return sum_terms(terms, chunk, K)
 
 
-def _verdict(model: Model) -> bool | None:
-    try:
-        return _reuse_checked.get(model)
-    except TypeError:  # not weakly referable: checked in every E-step
-        return None
-
-
-def _record_verdict(model: Model, same: bool) -> None:
-    with contextlib.suppress(TypeError):
-        _reuse_checked[model] = same
-
-
 def iter_log_joint(
-    model: Model, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE, reuse: bool = False
+    model: Model, x: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> Iterator[tuple[int, Tensor]]:
     """Yield ``(start, table)`` per chunk of rows: ``table`` is (n, K) for ``x[start:start+n]``.
 
@@ -169,17 +155,12 @@ def iter_log_joint(
         model: a mixture following the site contract (see ``models``).
         x: (N, D) data.
         chunk_size: rows per chunk.
-        reuse: compute every chunk in the same memory (``inference.workspace``): faster, but
-            each table is overwritten by the next, so the caller must be done with it (and
-            keep no view of it) before asking for the next chunk.
     """
     if chunk_size < 1:
         raise MixemError(f"chunk_size must be a positive integer, got {chunk_size}")
-    scope = workspace.reusing() if reuse else contextlib.nullcontext()
-    with isolated_params(), torch.no_grad(), scope:
+    with isolated_params(), torch.no_grad():
         tables = _Tables(model)
         for start in range(0, x.shape[0], chunk_size):
-            workspace.next_chunk()
             yield start, tables(x[start : start + chunk_size])
 
 

@@ -192,17 +192,13 @@ def row_summary(table: Tensor, logsumexp: bool = True) -> tuple[Tensor, Tensor, 
     return top, arg, lse
 
 
-def softmax(
-    table: Tensor, out: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``row_summary``, the (n, K) weights (softmax of each row, into ``out`` if given: an
-    (n, K) contiguous float32 tensor), ``expectation(table, weights)`` and the weights' first
-    argmax (int64), all taken from each row while it is in L1 (no second pass over the table
-    and the weights)."""
+def softmax(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``row_summary``, the (n, K) weights (softmax of each row, a new contiguous tensor),
+    ``expectation(table, weights)`` and the weights' first argmax (int64), all taken from each
+    row while it is in L1 (no second pass over the table and the weights)."""
     n, K = table.shape
     top, lse, fit, entropy = (table.new_empty(n) for _ in range(4))
-    weights = table.new_empty(n, K) if out is None else out
-    assert weights.shape == (n, K) and weights.is_contiguous() and weights.dtype == table.dtype
+    weights = table.new_empty(n, K)
     arg, labels = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
     per_row: list[tuple[Tensor | None, int]] = [(top, 4), (arg, 8), (lse, 4)]
     per_row += [(weights, 4 * K), (fit, 4), (entropy, 4), (labels, 8)]

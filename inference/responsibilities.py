@@ -9,15 +9,14 @@ so models never care which family produced q.
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from inference import native, workspace
+from inference import native
 from inference.errors import MixemError
-from inference.reductions import argmax_rows, remembered_labels
+from inference.reductions import RowFacts, argmax_rows
 
 
 class Responsibilities(NamedTuple):
@@ -27,17 +26,24 @@ class Responsibilities(NamedTuple):
         weights: (N, k) float, each row sums to 1 (entries may be 0).
         indices: (N, k) int64 component ids of ``weights``, or ``None`` when q is dense
             (k == K and column c of ``weights`` is component c).
+        facts: what a guide family's ``e_step`` took of its table on the way to this q (its
+            point fits, entropies, logsumexps, labels: ``RowFacts``), for the E-step's record
+            to use rather than take again; None (the default) on any other q (an assembled,
+            sliced or concatenated one).
     """
 
     weights: Tensor
     indices: Tensor | None
+    facts: RowFacts | None = None
 
     @staticmethod
-    def one_hot(labels: Tensor, dtype: torch.dtype) -> Responsibilities:
-        """A Delta q at ``labels`` (N,) int64; its weights are one 1 seen N times (stride 0),
-        so a Delta q costs no memory beyond its labels."""
+    def one_hot(
+        labels: Tensor, dtype: torch.dtype, facts: RowFacts | None = None
+    ) -> Responsibilities:
+        """A Delta q at ``labels`` (N,) int64 (``facts``: see the class); its weights are one 1
+        seen N times (stride 0), so a Delta q costs no memory beyond its labels."""
         one = torch.ones(1, 1, dtype=dtype, device=labels.device)
-        return Responsibilities(one.expand(labels.shape[0], 1), labels[:, None])
+        return Responsibilities(one.expand(labels.shape[0], 1), labels[:, None], facts)
 
     @staticmethod
     def cat(parts: list[Responsibilities]) -> Responsibilities:
@@ -60,8 +66,7 @@ class Responsibilities(NamedTuple):
     def labels(self) -> Tensor:
         """(N,) int64: each point's most probable component (ties to the lowest column)."""
         if self.indices is None:  # argmax_rows: torch's argmax over a row is a scalar loop
-            known = remembered_labels(self.weights)  # the softmax that wrote q took them
-            return known if known is not None else argmax_rows(self.weights)[1]
+            return argmax_rows(self.weights)[1]
         if self.indices.shape[1] == 1:  # one state per point: it is the label
             return self.indices[:, 0]
         best = self.weights.argmax(dim=1, keepdim=True)
@@ -171,21 +176,6 @@ class Assembler:
         self.weights: Tensor | None = None
         self.indices: Tensor | None = None
 
-    def offer(self, start: int, n: int) -> contextlib.AbstractContextManager[None]:
-        """Within the block, a softmax of n rows may write straight into rows ``start:start+n``
-        of the q being built (when that q is dense and its memory is known: the recycled one),
-        and ``put`` then has nothing to copy."""
-        target = self.weights if self.weights is not None else self._dense_recycle()
-        if target is None or self.indices is not None or not _writable(target):
-            return contextlib.nullcontext()
-        return workspace.placing("weights", target[start : start + n])
-
-    def _dense_recycle(self) -> Tensor | None:
-        old = self.recycle
-        if old is None or old.indices is not None or old.weights.shape[0] != self.n_rows:
-            return None
-        return old.weights
-
     def put(self, start: int, q: Responsibilities) -> None:
         """Rows ``start:start + len(q)`` of q are ``q``; every chunk must keep as many states
         per point as the first (k columns) and be dense or not alike."""
@@ -203,9 +193,7 @@ class Assembler:
                 f"{q.weights.shape[1]} columns after {self.weights.shape[1]}"
             )
         stop = start + len(q)
-        rows = self.weights[start:stop]
-        if not _same_memory(rows, q.weights):  # written in place already (``offer``)
-            rows.copy_(q.weights)
+        self.weights[start:stop].copy_(q.weights)
         if self.indices is not None and q.indices is not None:
             self.indices[start:stop].copy_(q.indices)
 
@@ -217,11 +205,6 @@ class Assembler:
 def _writable(tensor: Tensor) -> bool:
     """False for an inference-mode tensor outside inference mode (it may not be written to)."""
     return not tensor.is_inference() or torch.is_inference_mode_enabled()
-
-
-def _same_memory(a: Tensor, b: Tensor) -> bool:
-    """True when ``a`` and ``b`` are the same elements of the same memory."""
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 def _recycled(old: Tensor | None, like: Tensor, n_rows: int) -> Tensor:

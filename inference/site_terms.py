@@ -17,7 +17,6 @@ from pyro.distributions.util import is_identically_one, scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from inference import workspace
 from inference.errors import MixemError
 from inference.expfam import recognise
 
@@ -94,10 +93,10 @@ def sum_terms(
     The terms that are already (K, n) (the observation's, usually) are added to the small ones
     (the prior's (K, 1)) in one pass, so a chunk's table costs a single extra read and write
     whatever the model; none when the observation's distribution takes the small terms into its
-    GEMM's bias (an exponential family, ``_plus_method``). The result is a new tensor, a
-    reused buffer, or (a single term with nothing to add) that term's own log-density, in the
-    memory layout of the largest term, so an (n, K) GEMM table comes back contiguous; no site's
-    log-density is written to unless it lies in a reused buffer. ``fixed``: kept with a trace
+    GEMM's bias (an exponential family, ``_plus_method``). The result is a new tensor, or (a
+    single term with nothing to add) that term's own log-density, in the memory layout of the
+    largest term, so an (n, K) GEMM table comes back contiguous; no site's log-density is
+    written to. ``fixed``: kept with a trace
     that serves several chunks; the log-densities of the sites that do not observe the chunk
     (the same for every chunk: the prior's) are kept there after their first evaluation.
     """
@@ -127,14 +126,11 @@ def sum_terms(
 
 def _fixed_log_prob(term: Term, index: int, fixed: dict[int, Tensor]) -> Tensor | None:
     """The log-density of a site that does not observe the chunk, from ``fixed`` or computed
-    and kept there (unless it lies in a reused buffer, which the next chunk overwrites)."""
+    and kept there."""
     if term.value is None:
         return None
     if index not in fixed:
-        log_prob = _term_log_prob(term, term.value)
-        if workspace.is_reused(log_prob):
-            return log_prob
-        fixed[index] = log_prob
+        fixed[index] = _term_log_prob(term, term.value)
     return fixed[index]
 
 
@@ -190,13 +186,6 @@ def _add_terms(full: list[Tensor], small: list[Tensor], K: int, n: int) -> Tenso
     # add in the memory order of the first term: a (K, n) view of an (n, K) table added as
     # (K, n) would walk memory with stride K (measured 20x slower)
     flip = full[0].T.is_contiguous()
-    if workspace.is_reused(full[0]):  # a reused buffer nobody else holds: add in place
-        table = full[0]
-        if small:
-            (table.T if flip else table).add_(_t(small_sum) if flip else small_sum)
-        for term in full[1:]:
-            table.add_(term)
-        return table
     table = (full[0].T + _t(small_sum)).T if flip else full[0] + small_sum
     for term in full[1:]:
         table.add_(term)

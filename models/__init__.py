@@ -8,8 +8,8 @@ The contract between a model and the inference code (``inference/``) is small:
 * it is a density of x: its distributions may depend on the parameters and on the number of
   rows, not on the values of x other than at the observed site (the E-step traces it once per
   chunk length and swaps in each chunk's rows). Models whose data reach a site as a per-point
-  mask or a transformed observation are traced per chunk; the first reuse is compared with a
-  fresh trace once per model, which catches a model that breaks the rule only when that pair
+  mask or a transformed observation are traced per chunk; in every E-step the first reuse is
+  compared with a fresh trace, which catches a model that breaks the rule only when that pair
   of chunks shows it;
 * it has an ``n_components`` attribute (K);
 * optionally, a closed-form M-step ``m_step(stats)`` that sets the parameters maximising the

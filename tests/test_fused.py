@@ -21,7 +21,7 @@ from torch.distributions import constraints
 
 from inference import fused
 from inference.em import fit
-from inference.families import Categorical, Delta, Tempered
+from inference.guides import Categorical, Delta, Tempered
 from inference.init import kmeans_plusplus
 from inference.observed import model_form
 from models import MODELS, RestrictedGMM

@@ -91,7 +91,7 @@ def test_minibatch_rejects_bad_settings():
 def test_minibatch_gmm_statistics_add_up_across_m_steps(covariance_type):
     # a GMM's statistics are taken about a fixed shift; about the moving means they would mix
     # references across the running average (variance 40x too large before the fix)
-    from inference.families import Categorical
+    from inference.guides import Categorical
     from models.gmm import GMM
 
     g = torch.Generator().manual_seed(0)

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import without_native
 
-from inference import native, reductions, workspace
+from inference import native, reductions
 from inference.em import e_step
-from inference.families import Categorical, Delta, Sampled
+from inference.guides import Categorical, Delta, Sampled
 from models import RestrictedGMM
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler here")
@@ -59,18 +59,23 @@ def test_native_summary_equals_torch(index):
 
 
 @needs_native
-def test_the_softmax_expectation_is_used_only_for_its_own_table_and_weights():
+def test_the_softmax_returns_what_it_took_of_its_own_table_and_weights():
+    """What the C softmax takes on the way comes back with the weights (nothing is kept for a
+    later call): the separate passes' numbers, to the bit; torch's softmax takes none."""
     table = tables()[3]
-    weights = reductions.softmax_rows(table)
-    assert reductions.remembered_expectation(table, weights) is not None
-    assert reductions.remembered_expectation(table.clone(), weights) is None
-    assert reductions.remembered_expectation(table, weights.clone()) is None
-    labels = reductions.remembered_labels(weights)
-    assert labels is not None and torch.equal(labels, reductions.argmax_rows(weights)[1])
-    assert reductions.remembered_labels(weights.clone()) is None
-    weights[0, 0] += 1.0  # written to since: forgotten
-    assert reductions.remembered_expectation(table, weights) is None
-    assert reductions.remembered_labels(weights) is None
+    weights, facts = reductions.softmax_and_facts(table)
+    assert torch.equal(weights, reductions.softmax_rows(table))
+    fit, entropy = native.expectation(table, weights)
+    assert facts.point_fit is not None and torch.equal(facts.point_fit, fit)
+    assert facts.entropy is not None and torch.equal(facts.entropy, entropy)
+    assert facts.log_evidence is not None
+    assert torch.equal(facts.log_evidence, reductions.row_summary(table).lse)
+    assert facts.labels is not None
+    assert torch.equal(facts.labels, reductions.argmax_rows(weights)[1])
+    q = Categorical().e_step(table)
+    assert q.facts is not None and torch.equal(q.facts.entropy, entropy)
+    assert q.slice(0, 3).facts is None  # only the family's own q carries them
+    assert without_native(lambda: reductions.softmax_and_facts(table))[1] == (None,) * 4
 
 
 @pytest.mark.parametrize("index", range(6))
@@ -129,13 +134,13 @@ def test_e_step_equal_with_andwithout_native(family):
     torch.testing.assert_close(fast.q.weights, slow.q.weights, rtol=1e-4, atol=1e-6)
 
 
-def test_remembered_summary_is_dropped_when_the_table_changes():
+def test_a_summary_reads_the_table_as_it_is_now():
     table = torch.randn(20, 4)
     first = reductions.row_summary(table)
-    assert reductions.row_summary(table) is first
-    table[0, 0] = 100.0  # in place: a new version of the tensor
+    table[0, 0] = 100.0  # in place
     again = reductions.row_summary(table)
-    assert again is not first and int(again.arg[0]) == 0
+    assert int(again.arg[0]) == 0 and float(again.top[0]) == 100.0
+    assert torch.equal(again.arg[1:], first.arg[1:])
 
 
 @pytest.mark.skipif(
@@ -198,24 +203,13 @@ def test_e_step_recycles_a_dead_q_only_when_it_fits():
     assert again.q.weights.data_ptr() == old.q.weights.data_ptr()
     assert torch.equal(again.q.weights, fresh.q.weights)
     assert (again.elbo, again.log_evidence) == (fresh.elbo, fresh.log_evidence)
-    assert not workspace._stack.places  # every offered place was withdrawn
     hard = e_step(model, Delta(), x, chunk_size=128, recycle=fresh.q)  # (N, 1): no fit
     assert hard.q.weights.data_ptr() != fresh.q.weights.data_ptr()
     assert torch.equal(fresh.q.weights, again.q.weights)  # left alone
     sampled = e_step(model, Sampled(seed=3), x, chunk_size=128)
-    # its softmax may write into the dead q's memory; its own q is (N, 1)
+    # its own q is (N, 1): the dead dense q is not used
     over_old = e_step(model, Sampled(seed=3), x, chunk_size=128, recycle=again.q)
     assert torch.equal(sampled.q.indices, over_old.q.indices)
-
-
-def test_a_place_is_handed_out_once_and_only_when_it_fits():
-    target = torch.zeros(4, 3)
-    with workspace.placing("weights", target):
-        assert workspace.placed("weights", (4, 2), target) is not target  # wrong shape
-        assert workspace.placed("weights", (4, 3), target.double()) is not target  # dtype
-        assert workspace.placed("weights", (4, 3), target) is target
-        assert workspace.placed("weights", (4, 3), target) is not target  # taken already
-    assert workspace.placed("weights", (4, 3), target) is not target
 
 
 @needs_native
@@ -278,7 +272,7 @@ def test_layouts_the_c_loops_cannot_read_go_to_torch():
 
 
 def test_e_step_under_inference_mode():
-    """Inference-mode tensors keep no version counter: the remembered summary is skipped."""
+    """Inference-mode tensors (no version counter, not writable outside): the same E-step."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn(400, 2, generator=g)
     model = RestrictedGMM(x[:3].clone())

@@ -20,7 +20,7 @@ from conftest import blobs
 from inference.cli import main
 from inference.distributed import LOCAL, TorchDistributedReducer
 from inference.em import fit
-from inference.families import Categorical, Delta
+from inference.guides import Categorical, Delta
 from inference.source import shard_bounds
 from models import RestrictedGMM
 from models.gmm import GMM

@@ -15,7 +15,7 @@ from conftest import blobs
 from pyro import poutine
 
 from inference.em import e_step
-from inference.enumerate import _reuse_checked, iter_log_joint, log_joint
+from inference.enumerate import iter_log_joint, log_joint
 from inference.guides import Delta
 from models import GMM, RestrictedGMM, VMFMixture
 
@@ -47,7 +47,7 @@ def test_one_trace_per_chunk_length_after_one_check():
     assert counted.calls == 3  # the 30-row trace, its check against a fresh one, the 10-row one
     counted.calls = 0
     again = log_joint(counted, x, chunk_size=30)
-    assert counted.calls == 2  # checked once per model: one trace per length from now on
+    assert counted.calls == 3  # checked again: once per call (an E-step), nothing kept between
     assert torch.equal(first, again)
     assert torch.equal(first, per_chunk_truth(counted.model, x, 30))
 
@@ -74,10 +74,12 @@ def test_a_model_computing_its_distribution_from_the_data_is_traced_per_chunk():
             loc = LOCS[z] + x.mean(0)
             pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
 
-    x = blobs(60, 3, 2, seed=2)
-    assert torch.equal(log_joint(data_dependent, x, 20), per_chunk_truth(data_dependent, x, 20))
-    assert _reuse_checked[data_dependent] is False
-    assert torch.equal(log_joint(data_dependent, x, 20), per_chunk_truth(data_dependent, x, 20))
+    x = blobs(80, 3, 2, seed=2)
+    counted = Counting(data_dependent)
+    for _ in range(2):  # each call checks afresh, and finds it out
+        counted.calls = 0
+        assert torch.equal(log_joint(counted, x, 20), per_chunk_truth(data_dependent, x, 20))
+        assert counted.calls == 4  # one per chunk (the check's serves the second); else 2
 
 
 def test_a_mask_from_the_data_is_never_reused():
@@ -114,7 +116,7 @@ def test_e_steps_with_reused_traces_match_chunk_by_chunk_e_steps():
     parts = [e_step(model, Delta(), x[s : s + 64], chunk_size=64) for s in range(0, 500, 64)]
     assert torch.equal(whole.labels, torch.cat([p.labels for p in parts]))
     assert torch.equal(whole.point_fit, torch.cat([p.point_fit for p in parts]))
-    tables = [t.clone() for _, t in iter_log_joint(model, x, 64, reuse=True)]
+    tables = [t.clone() for _, t in iter_log_joint(model, x, 64)]
     assert torch.equal(torch.cat(tables), per_chunk_truth(model, x.float(), 64))
 
 

@@ -13,15 +13,16 @@ from conftest import blobs
 from inference.em import e_step, fit
 from inference.enumerate import isolated_params, log_joint
 from inference.errors import MixemError
-from inference.guides import Delta, TopK
-from inference.observed import model_form
-from inference.truncated import (
+from inference.guides import (
+    Delta,
+    TopK,
     TruncatedTopK,
     candidate_log_joint,
     fit_truncated,
     select_top,
     truncated_e_step,
 )
+from inference.observed import model_form
 from models import MODELS, RestrictedGMM
 
 

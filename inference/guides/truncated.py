@@ -9,7 +9,8 @@ and sets q_i to the renormalised posterior on them, as ``TopK`` does on the full
 
 ``TruncatedTopK(k, G)`` is a guide family (``--guide topk:k:G``): its ``e_step`` is the full
 ``TopK(k)`` one, which ``inference.em.fit`` runs first, and its ``search`` the truncated one,
-which the loop runs instead of a full E-step after that. ``fit_truncated`` is a shorthand.
+which the loop runs instead of a full E-step after that; its steps over the candidates are
+in ``inference.guides.search``, and ``fit_truncated`` (``truncated_fit``) is a shorthand.
 
 The ELBO, sum_i log sum_{c in K_i} p(x_i, c), never decreases (up to rounding) while no empty
 component is refilled: S_i contains the old K_i, and the M-step raises it over theta. A refill
@@ -21,28 +22,25 @@ full pass, timed with its iteration); NaN in the other records, as is the KL gap
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from inference import native, workspace
 from inference.distributed import LOCAL, Reducer
-from inference.elbo import log_evidence_from_table
-from inference.em import EStep, FitResult, fit
-from inference.enumerate import ASSIGNMENT_SITE as SITE
-from inference.enumerate import DATA_PLATE as PLATE
 from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params, iter_log_joint
 from inference.errors import MixemError
-from inference.guides import TopK
-from inference.observed import ModelForm, model_form
+from inference.guides.search import candidate_log_joint, select_top, summarise
+from inference.guides.spelling import parse_int, required_argument
+from inference.guides.topk import SYNTAX as TOPK_SYNTAX
+from inference.guides.topk import TopK
+from inference.observed import model_form
+from inference.reductions import logsumexp_rows
 from inference.responsibilities import Responsibilities
-from inference.trace import TraceRecord
+from inference.state import EStep
+
+SYNTAX = f"{TOPK_SYNTAX}, topk:k:G (truncated search of G neighbours, G >= 0)"
 
 
 def _is_count(value: object, least: int) -> bool:
@@ -107,8 +105,9 @@ class TruncatedTopK:
         est = truncated_e_step(self, model, x, previous.q.indices, self.chunk_rows)
         evidence = math.nan
         if self.evidence_every and iteration % self.evidence_every == 0:
-            tables = iter_log_joint(model, x, chunk_size, reuse=True)
-            evidence = sum(float(log_evidence_from_table(table)) for _, table in tables)
+            tables = iter_log_joint(model, x, chunk_size)
+            # log_evidence_from_table's sum, here: inference.elbo imports this package
+            evidence = sum(float(logsumexp_rows(table).sum()) for _, table in tables)
         totals = reducer.sum(torch.tensor([est.elbo, evidence], dtype=torch.float64))
         return est._replace(elbo=float(totals[0]), log_evidence=float(totals[1]))
 
@@ -149,87 +148,6 @@ class TruncatedTopK:
         return table.index_select(1, flat).view(-1, indices.shape[0])  # (G + 1) k rows
 
 
-def candidate_log_joint(
-    model: Any, x: Tensor, candidates: Tensor, found: ModelForm | None = None
-) -> Tensor:
-    """(m, n) log p(x_i, z_i = candidates[j, i]); ``x`` is (n, D), ``candidates`` (m, n) int64.
-
-    For an exponential family (``found``, the model's form) each entry is the dot product
-    T(x_i) . eta_c + bias_c + log h(x_i), in C for float32 (no (m, n, F) gathered copy);
-    otherwise one trace of the model with ``"z"`` conditioned on the candidates."""
-    if found is not None:
-        return _candidate_dots(found, x, candidates)
-    conditioned = poutine.condition(model, data={SITE: candidates})
-    trace = poutine.trace(conditioned).get_trace(x)
-    if SITE not in trace.nodes:
-        raise MixemError(f"the model has no sample site named {SITE!r}")
-    total: Tensor | None = None
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if not any(frame.name == PLATE for frame in site["cond_indep_stack"]):
-            raise MixemError(f"site {name!r} is outside pyro.plate({PLATE!r})")
-        # Trace.compute_log_prob's terms without its log_prob_sum (a pass more over each term)
-        fn: Any = site["fn"]
-        log_prob = fn.log_prob(site["value"], *site["args"], **site["kwargs"])
-        term = scale_and_mask(log_prob, site["scale"], site["mask"])
-        # into a reused (``workspace``) buffer when there is one: no fresh (m, n) sum
-        reuse = workspace.is_reused(term) and term.shape == candidates.shape
-        total = term if total is None else term.add_(total) if reuse else total + term
-    if not isinstance(total, Tensor) or total.shape != candidates.shape:
-        shape = tuple(getattr(total, "shape", ()))
-        raise MixemError(f"site log-densities of shape {shape}, not (m, n) = {candidates.shape}")
-    return total
-
-
-def _candidate_dots(found: ModelForm, x: Tensor, candidates: Tensor) -> Tensor:
-    form = found.form
-    stats = form.statistic(x).contiguous()
-    natural, bias = form.natural.detach().contiguous(), found.bias.contiguous()
-    operands = (natural, stats, bias)
-    if native.available() and all(
-        t.dtype == torch.float32 and t.device.type == "cpu" for t in operands
-    ):
-        values = native.gathered_dots(
-            natural, candidates.contiguous(), stats, bias, stats.new_empty(candidates.shape)
-        )
-    else:
-        values = torch.stack([(natural[row] * stats).sum(1) + bias[row] for row in candidates])
-    return values.add_(form.base_log_measure(x))
-
-
-def select_top(values: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k best distinct ``candidates`` (m, n) int64 by their ``values`` (m, n): kept (k, n)
-    values and int64 ids (k, n), largest first, ties to the lowest id (as ``TopK``)."""
-    open_ids = candidates.int()  # int32: torch's int64 min-reduction is ~20x slower
-    values = values.clone() if k > 1 else values
-    taken = torch.iinfo(torch.int32).max  # the id of a slot already chosen: never the minimum
-    kept, ids = [], []
-    for j in range(k):  # k passes of O(m n), reductions along m: cheaper than any sort
-        best = values.amax(0)
-        chosen = torch.where(values == best, open_ids, taken).amin(0)
-        kept.append(best)
-        ids.append(chosen)
-        if j + 1 < k:  # every copy of the chosen id leaves (its value and its id)
-            drop = open_ids == chosen
-            values.masked_fill_(drop, -torch.inf)
-            open_ids.masked_fill_(drop, taken)
-    return torch.stack(kept), torch.stack(ids).long()
-
-
-def summarise(kept: Tensor) -> tuple[Tensor, Tensor, float]:
-    """q on the kept entries: ``kept`` (k, n) log-joints, largest first -> weights (k, n),
-    point fits E_q[log p(x_i, z_i)] (n,) and the ELBO sum_i (fit_i + H(q_i))."""
-    if kept.shape[0] == 1:  # a Delta q: weight 1, no entropy
-        return torch.ones_like(kept), kept[0], float(kept.sum())
-    # torch.softmax over a dimension of 2 or 3 runs a scalar loop (measured 6x slower)
-    weights = (kept - kept[:1]).exp_()
-    weights /= weights.sum(0)
-    point_fit = torch.where(weights > 0, weights * kept, 0.0).sum(0)
-    entropy = -torch.special.xlogy(weights, weights).sum(0)
-    return weights, point_fit, float(point_fit.sum() + entropy.sum())
-
-
 def truncated_e_step(
     family: TruncatedTopK, model: Any, x: Tensor, previous: Tensor, chunk_size: int
 ) -> EStep:
@@ -239,10 +157,8 @@ def truncated_e_step(
     weights = x.new_empty(previous.shape)
     indices = torch.empty_like(previous)
     point_fit, elbo = x.new_empty(x.shape[0]), 0.0
-    # reused buffers across chunks: fresh multi-MiB temporaries are paged in on every chunk
-    with isolated_params(), torch.no_grad(), workspace.reusing():
+    with isolated_params(), torch.no_grad():
         for start in range(0, x.shape[0], chunk_size):
-            workspace.next_chunk()
             rows = slice(start, start + chunk_size)
             candidates = family.search_space(previous[rows], neighbourhoods)
             values = candidate_log_joint(model, x[rows], candidates, found)
@@ -255,46 +171,19 @@ def truncated_e_step(
     return EStep(q, indices[:, 0].clone(), point_fit, elbo, float("nan"))
 
 
-def fit_truncated(
-    model: Any,
-    x: Tensor,
-    k: int,
-    neighbours: int,
-    *,
-    max_iter: int = 300,
-    tol: float = 1e-4,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    truncated_chunk_size: int = 65536,
-    evidence_every: int = 0,
-    m_step: str = "auto",
-    callback: Callable[[TraceRecord], None] | None = None,
-) -> FitResult:
-    """Variational EM of ``model`` on ``x`` (N, D) with truncated ``topk:k`` E-steps.
-
-    The first E-step is full (``TopK(k)`` on the whole table, ~1 s at (2e5, 16, 1024)): every
-    K_i starts at the exact top k (a random start would spend iterations finding each point's
-    clusters) and iteration 0 gets its log evidence. Then each iteration is an M-step
-    (``inference.em.choose_m_step``) and a truncated E-step. Stops as ``inference.em.fit``
-    does for ``TopK(k)``: with G >= K - 1 both fits are the same.
-
-    Args:
-        model: mixture following the site contract; updated in place.
-        x: (N, D) data in memory.
-        k: components kept per point; neighbours: G, see ``TruncatedTopK``.
-        chunk_size: rows per full pass (table chunk_size x K) and M-step statistics, as ``fit``.
-        truncated_chunk_size: rows per conditioned trace (memory ~4 (D + 4 m) bytes a row);
-            large, as Pyro's per-trace cost (~0.6 ms) is paid per chunk.
-        evidence_every: a full pass for the log evidence every so many iterations (0: only at
-            iteration 0); the records in between have NaN log evidence and KL gap.
-    """
-    family = TruncatedTopK(k, neighbours, evidence_every, truncated_chunk_size)
-    return fit(
-        model,
-        x,
-        family,
-        max_iter=max_iter,
-        tol=tol,
-        chunk_size=chunk_size,
-        m_step=m_step,  # type: ignore[arg-type]
-        callback=callback,
+def parse_topk(spec: str, arg: str | None, n_components: int, seed: int) -> TopK | TruncatedTopK:
+    """``topk:k`` (``TopK``) or ``topk:k:G`` (``TruncatedTopK``), 1 <= k <= K, G >= 0."""
+    allowed = (
+        f"topk:k or topk:k:G with k an integer, 1 <= k <= K = {n_components}, and G an "
+        "integer >= 0 (the neighbours a truncated search visits around each kept component)"
     )
+    k_text, _, g_text = required_argument(spec, arg, "k", allowed).partition(":")
+    value = parse_int(k_text)
+    if value is None or not (1 <= value <= n_components):
+        raise MixemError(f"bad guide {spec!r}: {allowed}")
+    if not g_text:
+        return TopK(value)
+    neighbours = parse_int(g_text)
+    if neighbours is None or neighbours < 0:
+        raise MixemError(f"bad guide {spec!r}: {allowed}")
+    return TruncatedTopK(value, neighbours)
