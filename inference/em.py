@@ -79,18 +79,19 @@ def e_step(
     previous E-step's, in the EM loop), whose memory the new q may take over."""
     assembled, labels, fits = Assembler(x.shape[0], recycle), [], []
     elbo = log_evidence = 0.0
-    # reuse: each chunk's table lives in the same memory (no page faults); nothing below keeps
-    # a view of it (a guide returns new tensors)
-    for start, table in iter_log_joint(model, x, chunk_size, reuse=True):
-        with assembled.offer(start, table.shape[0]):  # a dense q may be written in its place
-            q = guide.e_step(table)
+    for start, table in iter_log_joint(model, x, chunk_size):
+        q = guide.e_step(table)
+        # what the family took of the table on the way (q.facts) is not taken again
+        facts = q.facts
         point_fit, entropy = fit_and_entropy(table, q)
-        assembled.put(start, q)
-        labels.append(q.labels())  # per chunk, while q is in cache
+        assembled.put(start, q)  # copied into the N-row q while the chunk is in cache
+        known_labels = None if facts is None else facts.labels
+        labels.append(q.labels() if known_labels is None else known_labels)
         fits.append(point_fit)
         # the ELBO of elbo_from_table, from the point fits just taken rather than a second gather
         elbo += float(point_fit.sum() + entropy.sum())
-        log_evidence += float(log_evidence_from_table(table))
+        lse = None if facts is None else facts.log_evidence
+        log_evidence += float(log_evidence_from_table(table) if lse is None else lse.sum())
     q = assembled.result()
     totals = reducer.sum(
         torch.tensor([elbo, log_evidence], dtype=torch.float64, device=q.weights.device)
@@ -203,7 +204,7 @@ def fit(
     def best_q(family: GuideFamily, previous: EStep | None) -> EStep:
         recycle = None if previous is None else previous.q  # dead once the M-step used it
         if data is not None and fused.reduction(family) is not None:
-            return fused.e_step(model, family, data, reducer, recycle)
+            return fused.e_step(model, family, data, reducer, previous)
         return e_step(model, family, x, chunk_size, reducer, recycle=recycle)
 
     # two passes over the data, so only once a hard family first asks (never for soft ones)
@@ -241,7 +242,8 @@ def fit(
         else:
             est = best_q(family, previous)
         check_finite(est, n_iter, trace, searched=searched)
-        n_changed = int(reducer.sum((est.labels != previous.labels).sum()))
+        # count_nonzero: a bool's .sum() makes an int64 copy of all N comparisons first
+        n_changed = int(reducer.sum(torch.count_nonzero(est.labels != previous.labels)))
         trace.append(_record(n_iter, est, n_changed, n_relocated, started))
         if callback:
             callback(trace[-1])

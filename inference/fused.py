@@ -15,11 +15,13 @@ takes the generic path (``inference.em.e_step``): the same answers, a table per 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from inference.checks import check_allocation
 from inference.distributed import LOCAL, Reducer
 from inference.errors import MixemError
 from inference.kernels import run_pass
@@ -39,6 +41,9 @@ class FusedData(NamedTuple):
     probe_base: (2,) log h of the first two rows, computed as ``current_form`` checks it.
     shift: (D,) the point location families centre on, fixed for the fit, or None.
     family: the observed family's name; the layout of ``t`` belongs to it.
+    labels: two (N,) int64 buffers the passes write in turn (the last pass's labels stay
+        readable, to count the changed ones), as scikit-learn's labels / labels_old.
+    point_fit: (N,) the buffer of the point fits (dead once the M-step used them).
     """
 
     x: Tensor
@@ -48,6 +53,8 @@ class FusedData(NamedTuple):
     shift: Tensor | None
     family: str
     probe_base: Tensor
+    labels: tuple[Tensor, Tensor]
+    point_fit: Tensor
 
 
 def reduction(family: Any) -> tuple[str, float] | None:
@@ -67,16 +74,43 @@ def prepare(model: Any, x: Tensor, chunk_size: int) -> FusedData | None:
         return None
     form = found.form
     shift = form.shift
+    n = len(x)
     if form.linear:  # T(x) = x - shift: the kernel subtracts it per block, no (N, D) copy
         t, kernel_shift = x.contiguous(), shift
     else:
-        t = torch.cat([form.statistic(x[s : s + chunk_size]) for s in range(0, len(x), chunk_size)])
-        kernel_shift = None
-    base = torch.cat(
-        [form.base_log_measure(x[s : s + chunk_size]) for s in range(0, len(x), chunk_size)]
-    )
+        width = int(form.natural.shape[1])
+        check_allocation(
+            (n, width),
+            x.dtype,
+            f"the {form.family} family's statistics T(x)",
+            "fit a sample of the rows, or stream them from a .npy file (--stream)",
+        )
+        t, kernel_shift = _by_chunks(form.statistic, x, (width,), chunk_size), None
+    base = _by_chunks(form.base_log_measure, x, (), chunk_size)
     probe = form.base_log_measure(x[:2])
-    return FusedData(x, t.contiguous(), kernel_shift, base.to(x.dtype), shift, form.family, probe)
+    labels = (x.new_empty(n, dtype=torch.int64), x.new_empty(n, dtype=torch.int64))
+    return FusedData(
+        x,
+        t,
+        kernel_shift,
+        base,
+        shift,
+        form.family,
+        probe,
+        labels,
+        x.new_empty(n),
+    )
+
+
+def _by_chunks(
+    function: Callable[[Tensor], Tensor], x: Tensor, width: tuple[int, ...], chunk_size: int
+) -> Tensor:
+    """(N, *width) ``function`` of ``x`` (N, D), computed by chunks of rows into one tensor
+    (a list of chunks and their concatenation would hold it twice)."""
+    out = x.new_empty(len(x), *width)
+    for start in range(0, len(x), chunk_size):
+        out[start : start + chunk_size] = function(x[start : start + chunk_size])
+    return out
 
 
 def current_form(model: Any, data: FusedData) -> ModelForm:
@@ -97,15 +131,23 @@ def current_form(model: Any, data: FusedData) -> ModelForm:
     return found
 
 
+def _holds(previous: EStep | None, buffer: Tensor) -> bool:
+    return previous is not None and previous.labels.data_ptr() == buffer.data_ptr()
+
+
 def e_step(
     model: Any,
     family: Any,
     data: FusedData,
     reducer: Reducer = LOCAL,
-    recycle: Responsibilities | None = None,
+    previous: EStep | None = None,
 ) -> EStep:
     """One pass over ``data``: the family's q, labels, point fits, ELBO and log evidence
-    (totals over workers) and the M-step's statistics (sums over workers, the data's dtype)."""
+    (totals over workers) and the M-step's statistics (sums over workers, the data's dtype).
+
+    ``previous``: the last E-step, dead but for its labels once the M-step used it: its dense q
+    (a soft family's) is written over, its labels' buffer is left alone."""
+    recycle = None if previous is None else previous.q
     mode_temperature = reduction(family)
     assert mode_temperature is not None, f"{family!r} is not a row reduction"
     mode, temperature = mode_temperature
@@ -116,6 +158,10 @@ def e_step(
     if mode == "soft":
         old = None if recycle is None or recycle.indices is not None else recycle.weights
         fits = old is not None and old.shape == (n, K) and old.dtype == data.x.dtype
+        if not fits:
+            check_allocation(
+                (n, K), data.x.dtype, "the dense q of a soft guide", "lower K or use delta"
+            )
         q_out = old if fits else data.x.new_empty(n, K)
     bias, constant = found.split_bias()
     with torch.no_grad():
@@ -128,6 +174,8 @@ def e_step(
             mode=mode,
             temperature=temperature,
             q_out=q_out,
+            labels_out=data.labels[1] if _holds(previous, data.labels[0]) else data.labels[0],
+            point_fit_out=data.point_fit,
         )
         dtype = data.x.dtype
         local: Stats = {

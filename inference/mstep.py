@@ -80,14 +80,30 @@ def sufficient_statistics(
     return total
 
 
+def _smallest(values: Tensor, k: int, block: int = 65536) -> tuple[Tensor, Tensor]:
+    """The k smallest of ``values`` (N,) and their indices, smallest first (equal values by
+    index), from the k smallest of each block of rows: torch.topk copies and sorts its whole
+    input (12 bytes a row, more than a Delta fit holds per point otherwise)."""
+    starts = range(0, len(values), block)
+    parts = [
+        torch.topk(values[s : s + block], min(k, len(values) - s), largest=False) for s in starts
+    ]
+    found = torch.cat([p.values for p in parts])
+    rows = torch.cat([p.indices + s for p, s in zip(parts, starts, strict=True)])
+    by_row = torch.argsort(rows)
+    found, rows = found[by_row], rows[by_row]
+    order = torch.sort(found, stable=True).indices[:k]
+    return found[order], rows[order]
+
+
 def _worst_points(point_fit: Tensor, n_empty: int, reducer: Reducer) -> list[int]:
     """Local row indices of this worker's points among the ``n_empty`` worst-explained points
     of all workers, in the order they refill the empty components (worst first); an entry -1
     marks a point owned by another worker."""
-    local = torch.topk(point_fit, min(n_empty, point_fit.shape[0]), largest=False)
-    values = reducer.gather(local.values.double())
-    owners = reducer.gather(torch.full_like(local.indices, reducer.rank))
-    rows = reducer.gather(local.indices)
+    local_values, local_rows = _smallest(point_fit, min(n_empty, point_fit.shape[0]))
+    values = reducer.gather(local_values.double())
+    owners = reducer.gather(torch.full_like(local_rows, reducer.rank))
+    rows = reducer.gather(local_rows)
     order = torch.sort(values, stable=True).indices[:n_empty]
     return [int(rows[j]) if int(owners[j]) == reducer.rank else -1 for j in order.tolist()]
 

@@ -242,3 +242,19 @@ def test_an_unsafe_cache_is_not_used(tmp_path, monkeypatch, unsafe):
         assert lib.mixem_probe() == 7
     os.chmod(cache, 0o700)
     build.shutil.rmtree(temporary, ignore_errors=True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_the_output_buffers_are_written_and_returned(impl, mode):
+    args = problem(5000, 3, 6, torch.float32)
+    want = impl(*args, mode=mode)
+    labels, fit = torch.full((5000,), -1, dtype=torch.int64), torch.empty(5000)
+    got = impl(*args, mode=mode, labels_out=labels, point_fit_out=fit)
+    assert got.labels is labels and got.point_fit is fit
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+    with pytest.raises(ValueError, match="labels_out"):
+        impl(*args, labels_out=labels[:10])
+    with pytest.raises(ValueError, match="point_fit_out"):
+        impl(*args, point_fit_out=fit.double())

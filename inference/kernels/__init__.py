@@ -49,6 +49,8 @@ def run_pass(
     q_out: Tensor | None = None,
     log_evidence: bool = True,
     threads: int | None = None,
+    labels_out: Tensor | None = None,
+    point_fit_out: Tensor | None = None,
 ) -> PassResult:
     """One pass: the E-step's row reduction and the M-step's sums.
 
@@ -66,6 +68,8 @@ def run_pass(
         q_out: (N, K) t's dtype, contiguous, or None; soft mode writes q into it.
         log_evidence: compute sum_i logsumexp_c S_ic (else the result's is NaN).
         threads: threads for the C kernel (default torch.get_num_threads()).
+        labels_out, point_fit_out: (N,) int64 and (N,) t's dtype, contiguous, or None: the
+            result's labels and point fits are written there (buffers a fit keeps).
 
     Returns:
         PassResult: labels (N,) int64, point_fit (N,) E_q[S_i] (t's dtype), counts (K,)
@@ -83,4 +87,6 @@ def run_pass(
         q_out=q_out,
         log_evidence=log_evidence,
         threads=threads,
+        labels_out=labels_out,
+        point_fit_out=point_fit_out,
     )

@@ -82,3 +82,17 @@ def check(
         raise ValueError("q_out must be a contiguous tensor of t's dtype")
     if old_labels is not None and old_labels.dtype != torch.int64:
         raise ValueError("old_labels must be int64")
+
+
+def check_outputs(t: Tensor, labels_out: Tensor | None, point_fit_out: Tensor | None) -> None:
+    """Raise ValueError unless the optional output buffers fit t (N, F): labels_out (N,) int64,
+    point_fit_out (N,) of t's dtype, both contiguous on t's device."""
+    N = t.shape[0]
+    wanted = {"labels_out": (labels_out, torch.int64), "point_fit_out": (point_fit_out, t.dtype)}
+    for name, (tensor, dtype) in wanted.items():
+        if tensor is None:
+            continue
+        if tuple(tensor.shape) != (N,) or tensor.dtype != dtype or tensor.device != t.device:
+            raise ValueError(f"{name} must be a ({N},) {dtype} tensor on {t.device}")
+        if not tensor.is_contiguous() or tensor.requires_grad:
+            raise ValueError(f"{name} must be contiguous and not require grad")

@@ -26,11 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from inference.kernels import build
-from inference.kernels.common import PassResult, block_rows, check, super_rows
+from inference.kernels.common import PassResult, block_rows, check, check_outputs, super_rows
 
 SOURCE = Path(__file__).parent / "pass.c"
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
@@ -41,14 +42,14 @@ def _library(suffix: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """The compiled pass for one dtype ("f32" / "f64"), or None when it cannot be built;
     ``extra`` flags (the tests: ``-DMIXEM_PORTABLE``, the plain loops without intrinsics)."""
     flags = build.native_flags() + (["-DMIXEM_DOUBLE"] if suffix == "f64" else []) + [*extra]
-    symbol = f"mixem_pass_{suffix}"
+    symbol = f"mixem_run_{suffix}"
     try:
         lib = build.load(SOURCE, f"pass_{suffix}", flags, [symbol])
     except (OSError, subprocess.SubprocessError):
         return None
     function = getattr(lib, symbol)
     pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    function.argtypes = [pointer, size, size, size, size, *[pointer] * 4, flag, ctypes.c_double]
+    function.argtypes = [pointer, *[size] * 6, *[pointer] * 4, flag, ctypes.c_double]
     function.argtypes += [pointer, pointer, flag, size, *[pointer] * 5]
     function.restype = ctypes.c_int
     return lib
@@ -136,62 +137,55 @@ def run_pass(
     q_out: Tensor | None = None,
     log_evidence: bool = True,
     threads: int | None = None,
+    labels_out: Tensor | None = None,
+    point_fit_out: Tensor | None = None,
 ) -> PassResult:
     """The C pass; the arguments and the result as ``inference.kernels.run_pass`` (t (N, F),
     natural (K, F), bias (K,), base (N,), shift (F,), old_labels (N,), q_out (N, K)); every
-    tensor must satisfy ``handles``."""
+    tensor must satisfy ``handles``. ``labels_out`` (N,) int64 and ``point_fit_out`` (N,) of t's
+    dtype, contiguous, are written and returned as the result's labels and point_fit when given
+    (a caller's buffers kept across passes: no allocation per pass)."""
     check(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
+    check_outputs(t, labels_out, point_fit_out)
     assert handles(t, natural, bias, base, shift, old_labels, q_out)
     lib = _library(DTYPES[t.dtype])
     assert lib is not None
-    function = getattr(lib, f"mixem_pass_{DTYPES[t.dtype]}")
+    function = getattr(lib, f"mixem_run_{DTYPES[t.dtype]}")
     gemm = _gemm("sgemm" if t.dtype == torch.float32 else "dgemm")
     dgemm = _gemm("dgemm")
     N, F = t.shape
     K = natural.shape[0]
     itemsize = t.element_size()
     block, rows = block_rows(K, itemsize), super_rows(N, F, K, itemsize)
-    starts = list(range(0, N, rows))
-    labels = torch.empty(N, dtype=torch.int64)
-    point_fit = torch.empty(N, dtype=t.dtype)
-    partials = torch.zeros(max(1, len(starts)), K + K * F + 3, dtype=torch.float64)
+    count = -(-N // rows)  # super-blocks
+    labels = torch.empty(N, dtype=torch.int64) if labels_out is None else labels_out
+    point_fit = torch.empty(N, dtype=t.dtype) if point_fit_out is None else point_fit_out
+    partials = np.zeros((max(1, count), K + K * F + 3))
+    before = [t.data_ptr(), N, rows]
     pointers = [_address(x) for x in (natural, bias, base, shift)]
     after = [_address(old_labels), _address(q_out), int(log_evidence), block, gemm, dgemm]
+    after += [labels.data_ptr(), point_fit.data_ptr(), partials.ctypes.data]
+    mid = [F, K, *pointers, int(mode == "soft"), float(temperature)]
 
-    def call(index: int) -> int:
-        first = starts[index]
-        return int(
-            function(
-                t.data_ptr(),
-                first,
-                min(N, first + rows),
-                F,
-                K,
-                *pointers,
-                int(mode == "soft"),
-                float(temperature),
-                *after,
-                labels.data_ptr(),
-                point_fit.data_ptr(),
-                partials[index].data_ptr(),
-            )
-        )
+    def call(span: tuple[int, int]) -> int:
+        return int(function(*before, *span, *mid, *after))
 
-    workers = max(1, min(threads or torch.get_num_threads(), len(starts)))
+    workers = max(1, min(threads or torch.get_num_threads(), count))
+    # each thread a contiguous range of super-blocks, one C call (its loop over them)
+    spans = [(count * w // workers, count * (w + 1) // workers) for w in range(workers)]
     with _one_blas_thread(block * K * F):
         if workers == 1:
-            failed = max((call(i) for i in range(len(starts))), default=0)
+            failed = call(spans[0]) if count else 0
         else:
-            failed = max(_pool(workers).map(call, range(len(starts))), default=0)
+            failed = max(_pool(workers).map(call, spans), default=0)
     if failed:
         raise MemoryError(f"run_pass: no memory for the block buffers ({block} x {K})")
-    rows_of = partials.numpy()
-    total_np = rows_of[0].copy()
-    for index in range(1, len(starts)):  # in order: the same sums for any thread count
-        total_np += rows_of[index]
+    total_np = partials[0].copy()
+    for index in range(1, count):  # in order: the same sums for any thread count
+        total_np += partials[index]
     total = torch.from_numpy(total_np)
     counts, sum_t = total[:K], total[K : K + K * F].view(K, F)
     elbo, lse, changed = total[K + K * F :].tolist()
-    if not starts:
+    if not count:
         elbo, lse, changed = 0.0, 0.0 if log_evidence else math.nan, 0.0
     return PassResult(labels, point_fit, counts, sum_t, elbo, lse, int(changed))

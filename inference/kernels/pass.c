@@ -131,6 +131,7 @@ typedef __m256 vm;
 
 /* exp_near on W lanes, d <= 0 (the same steps) */
 static inline vf vexp_near(vf d) { /* cutoff < d <= 0: the caller masks the other lanes */
+    d = VMAX(d, VSET(-87.0f)); /* (as exp_near: no subnormal results, slow on some CPUs) */
     vf m = VSUB(VFMA(d, VSET(1.44269504088896341f), VSET(12582912.0f)), VSET(12582912.0f));
     vf r = VFMA(m, VSET(-0.693359375f), d);
     r = VFMA(m, VSET(2.12194440e-4f), r);
@@ -193,8 +194,9 @@ static inline int64_t group_max(real *V, int64_t R, int64_t K, int64_t r0, const
 }
 
 #ifdef __AVX512F__
-/* dst[i * dstride + j] = src[j * sstride + i] for a 16 x 16 tile */
-static inline void transpose16(const float *src, int64_t sstride, float *dst, int64_t dstride) {
+/* dst[i * dstride + j] = src[j * sstride + i] * scale[i] for a 16 x 16 tile */
+static inline void transpose16(const float *src, int64_t sstride, float *dst, int64_t dstride,
+                               const float *scale) {
     __m512 r[16], t[16];
     for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * sstride);
     for (int i = 0; i < 8; i++) {
@@ -216,40 +218,88 @@ static inline void transpose16(const float *src, int64_t sstride, float *dst, in
         r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
         r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xdd);
     }
-    for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + i * dstride, r[i]);
+    for (int i = 0; i < 16; i++)
+        _mm512_storeu_ps(dst + i * dstride, _mm512_mul_ps(r[i], _mm512_set1_ps(scale[i])));
+}
+
+/* dst[0..n) = src[0..n), the aligned part by non-temporal stores (q_out is written once and
+   read much later: no read for ownership, no cache pollution) */
+static void stream_copy(float *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
+    for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+    for (; i < n; i++) dst[i] = src[i];
+}
+
+/* The soft M-step sums of a block from its row-major q (Qr, R x K): C[c, j] = sum_r q_rc X_rj
+   (X: R x P, P a multiple of 8, its columns beyond the statistics zero) into sum_t (K, F) and
+   sum_r q_rc into counts, in float over the block, then added to the double sums. Lanes are 16
+   components, 8 columns of X at a time: a gemm kernel whose tile stays in registers. */
+static void soft_sums(const float *Qr, int64_t R, int64_t K, const float *X, int64_t P,
+                      int64_t F, double *sum_t, double *counts) {
+    for (int64_t c0 = 0; c0 < K; c0 += 16) {
+        __mmask16 m = K - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - c0)) - 1);
+        int64_t nc = K - c0 < 16 ? K - c0 : 16;
+        float lane[16];
+        for (int64_t j0 = 0; j0 < P; j0 += 8) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
+                   a6 = a0, a7 = a0, n0 = a0;
+            const float *q = Qr + c0, *x = X + j0;
+            for (int64_t r = 0; r < R; r++, q += K, x += P) {
+                __m512 v = _mm512_maskz_loadu_ps(m, q);
+                a0 = _mm512_fmadd_ps(v, _mm512_set1_ps(x[0]), a0);
+                a1 = _mm512_fmadd_ps(v, _mm512_set1_ps(x[1]), a1);
+                a2 = _mm512_fmadd_ps(v, _mm512_set1_ps(x[2]), a2);
+                a3 = _mm512_fmadd_ps(v, _mm512_set1_ps(x[3]), a3);
+                a4 = _mm512_fmadd_ps(v, _mm512_set1_ps(x[4]), a4);
+                a5 = _mm512_fmadd_ps(v, _mm512_set1_ps(x[5]), a5);
+                a6 = _mm512_fmadd_ps(v, _mm512_set1_ps(x[6]), a6);
+                a7 = _mm512_fmadd_ps(v, _mm512_set1_ps(x[7]), a7);
+                if (j0 == 0) n0 = _mm512_add_ps(n0, v);
+            }
+            __m512 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+            for (int64_t jj = 0; jj < 8 && j0 + jj < F; jj++) {
+                _mm512_storeu_ps(lane, acc[jj]);
+                for (int64_t l = 0; l < nc; l++) sum_t[(c0 + l) * F + j0 + jj] += lane[l];
+            }
+            if (j0 == 0) {
+                _mm512_storeu_ps(lane, n0);
+                for (int64_t l = 0; l < nc; l++) counts[c0 + l] += lane[l];
+            }
+        }
+    }
 }
 #endif
 
-/* Soft mode for rows r0..r0+W-1 (V with bias and base, stops = the maxima of V / temp): e =
-   exp(V / temp - stop) near the maximum, q = e / sum e into Q (column-major, as V), and the
-   rows' sum e, E_q[S], E_q[d] and sum q into tot, fit, shifted, mass. */
-static inline void group_soft(const real *V, int64_t R, int64_t K, int64_t r0, const real *stops,
-                              real inverse, int unit, real cutoff, real *Q, double *tot,
-                              double *fit, double *shifted, double *mass) {
-    vf stop = VLOAD(stops + r0), cut = VSET(cutoff), inv = VSET(inverse), sum = VZERO;
-    for (int64_t c = 0; c < K; c++) {
-        vf s = VLOAD(V + c * R + r0);
+/* Soft mode for rows r0..r0+W-1 (V with bias and base, stops = the maxima of V / temp): V = e
+   = exp(V / temp - stop) near the maximum (0 elsewhere), in place; the rows' sum e and sum e d
+   (d = V / temp - stop) into tot and shifted. With sparse, a branch skips the columns with no
+   entry near a maximum; returns the number of columns that had one. */
+static inline int64_t group_soft(real *V, int64_t R, int64_t K, int64_t r0, const real *stops,
+                                 real inverse, int unit, real cutoff, double *tot,
+                                 double *shifted, int sparse) {
+    vf stop = VLOAD(stops + r0), cut = VSET(cutoff), inv = VSET(inverse), sum = VZERO, sd = VZERO;
+    int64_t hits = 0;
+    real *col = V + r0;
+    for (int64_t c = 0; c < K; c++, col += R) {
+        vf s = VLOAD(col);
         vf d = VSUB(unit ? s : VMUL(s, inv), stop);
-        vf e = VKEEP(VGT(d, cut), vexp_near(d));
-        VSTORE(Q + c * R + r0, e);
+        vm near = VGT(d, cut);
+        int any = VBITS(near) != 0;
+        if (sparse && !any) {
+            VSTORE(col, VZERO);
+            continue;
+        }
+        hits += any;
+        vf e = VKEEP(near, vexp_near(d));
+        VSTORE(col, e);
         sum = VADD(sum, e);
+        sd = VFMA(e, VKEEP(near, d), sd);
     }
-    vf scale = VDIV(VSET(1.0f), sum), zero = VZERO;
-    vf fa = VZERO, sa = VZERO, ma = VZERO;
-    for (int64_t c = 0; c < K; c++) {
-        vf s = VLOAD(V + c * R + r0);
-        vf d = VSUB(unit ? s : VMUL(s, inv), stop);
-        vf q = VMUL(VLOAD(Q + c * R + r0), scale);
-        VSTORE(Q + c * R + r0, q);
-        vm some = VGT(q, zero);
-        fa = VADD(fa, VKEEP(some, VMUL(q, s)));
-        sa = VADD(sa, VKEEP(some, VMUL(q, d)));
-        ma = VADD(ma, q);
-    }
-    float a[W], b[W], c[W], e[W];
-    VSTORE(a, sum), VSTORE(b, fa), VSTORE(c, sa), VSTORE(e, ma);
-    for (int l = 0; l < W; l++)
-        tot[r0 + l] = a[l], fit[r0 + l] = b[l], shifted[r0 + l] = c[l], mass[r0 + l] = e[l];
+    float a[W], b[W];
+    VSTORE(a, sum), VSTORE(b, sd);
+    for (int l = 0; l < W; l++) tot[r0 + l] = a[l], shifted[r0 + l] = b[l];
+    return hits;
 }
 #endif
 
@@ -351,8 +401,8 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
     b.tot = malloc(sizeof(double) * 5 * B);
 #ifdef MIXEM_SIMD
     if (soft) {
-        b.qf = malloc(sizeof(real) * (B * K + B * (F + 1) + (F + 1) * K));
-        b.xf = b.qf + B * K, b.cf = b.xf + B * (F + 1);
+        b.qf = malloc(sizeof(real) * (B * K + B * (F + 8) + (F + 1) * K));
+        b.xf = b.qf + B * K, b.cf = b.xf + B * (F + 8);
         b.qd = (double *)b.qf, b.xd = (double *)b.xf; /* (checked, not used) */
     }
 #else
@@ -370,6 +420,7 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
     int unit = temperature == 1.0;
     double elbo = 0.0, lse_sum = 0.0, changed = 0.0;
     int64_t hits = 0, seen = 0; /* columns of W rows with an entry near their maxima, of all */
+    int64_t soft_hits = 0, soft_seen = 0; /* the same in the soft pass */
     const real one = 1, zero = 0;
     const double done = 1.0;
     int m = (int)K, f = (int)F;
@@ -442,64 +493,82 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                 for (int64_t j = 0; j < F; j++) dst[j] += (double)x[j];
             }
         } else {
-            double *qd = b.qd, *tot = unit ? b.tot : b.tot + 4 * B, *fit = b.fit, *shifted = b.shifted, *mass = b.mass;
+            double *tot = unit ? b.tot : b.tot + 4 * B, *shifted = b.shifted;
             real *stops = b.logs; /* the maxima of S / temperature */
             for (int64_t r = 0; r < R; r++) {
                 stops[r] = unit ? top[r] : top[r] / temp;
-                tot[r] = fit[r] = shifted[r] = mass[r] = 0.0;
+                tot[r] = shifted[r] = b.fit[r] = b.mass[r] = 0.0;
             }
 #ifdef MIXEM_SIMD
-            /* float: q in float (Q), the sums by sgemm of the block's rows with a column of
-               ones (counts), added to the double sums block by block */
-            real *Q = b.qf, *X = b.xf, *C = b.cf;
+            /* float: e = exp(d) in place of V (one pass), then per row Z = sum e, q = e / Z,
+               E_q[S] = max S Z/Z + temp sum q d, H = log Z sum q - sum q d (at temperature 1
+               the row's ELBO is its log evidence: the same log Z, no other exponential) */
+            real *scales = b.logs + B;
             int64_t g = 0;
-            for (; g + W <= R; g += W)
-                group_soft(V, R, K, g, stops, 1 / temp, unit, cutoff, Q, tot, fit, shifted, mass);
+            for (; g + W <= R; g += W) {
+                soft_hits += group_soft(V, R, K, g, stops, 1 / temp, unit, cutoff, tot, shifted,
+                                        8 * soft_hits < soft_seen);
+                soft_seen += K;
+            }
             for (int64_t r = g; r < R; r++) {
-                double sum = 0, fa = 0, sa = 0, ma = 0;
+                float sum = 0, sd = 0;
                 for (int64_t c = 0; c < K; c++) {
                     real d = (unit ? V[c * R + r] : V[c * R + r] * (1 / temp)) - stops[r];
                     real e = d > cutoff ? exp_near(d > 0 ? 0 : d) : 0;
-                    Q[c * R + r] = e;
+                    V[c * R + r] = e;
                     sum += e;
+                    sd += d > cutoff ? e * d : 0;
                 }
-                real scale = (real)1 / (real)sum;
-                for (int64_t c = 0; c < K; c++) {
-                    real sv = V[c * R + r];
-                    real d = (unit ? sv : sv * (1 / temp)) - stops[r];
-                    real q = Q[c * R + r] * scale;
-                    Q[c * R + r] = q;
-                    fa += q > 0 ? q * sv : 0;
-                    sa += q > 0 ? q * d : 0;
-                    ma += q;
-                }
-                tot[r] = sum, fit[r] = fa, shifted[r] = sa, mass[r] = ma;
+                tot[r] = sum, shifted[r] = sd;
+            }
+            real *logz = b.zeros; /* (restored below) */
+#pragma omp simd
+            for (int64_t r = 0; r < R; r++) {
+                real z = (real)tot[r];
+                scales[r] = 1 / z;
+                logz[r] = log_total(z >= 1 ? z : 1);
             }
             for (int64_t r = 0; r < R; r++) {
                 int64_t i = i0 + r;
-                if (b.odd[r]) {
-                    for (int64_t c = 0; c < K; c++) Q[c * R + r] = NAN;
+                if (b.odd[r]) { /* as torch.softmax: NaN weights */
+                    scales[r] = NAN;
                     point_fit[i] = NAN;
                     elbo += NAN;
                     continue;
                 }
-                point_fit[i] = (real)fit[r];
-                elbo += fit[r] + (log(tot[r]) * mass[r] - shifted[r]);
+                double ma = tot[r] * (double)scales[r], sa = shifted[r] * (double)scales[r];
+                double fa = (double)top[r] * ma + (unit ? sa : (double)temp * sa);
+                point_fit[i] = (real)fa;
+                elbo += fa + ((double)logz[r] * ma - sa);
             }
-            if (q_out) {
-                for (int64_t r0 = 0; r0 < R; r0 += 16) {
-                    int64_t r1 = r0 + 16 < R ? r0 + 16 : R, c0 = 0;
+            for (int64_t r = 0; r < R; r++) b.zeros[r] = 0;
 #ifdef __AVX512F__
-                    if (r1 == r0 + 16)
-                        for (; c0 + 16 <= K; c0 += 16)
-                            transpose16(Q + c0 * R + r0, R, q_out + (i0 + r0) * K + c0, K);
-#endif
-                    for (int64_t c = c0; c < K; c++) {
-                        const real *qc = Q + c * R;
-                        for (int64_t r = r0; r < r1; r++) q_out[(i0 + r) * K + c] = qc[r];
-                    }
-                }
+            /* q row-major (Qr), 16 x 16 tiles transposed and scaled; copied to q_out; the sums
+               by soft_sums over the block's rows padded to P columns */
+            real *Qr = b.qf, *X = b.xf;
+            int64_t P = (F + 7) / 8 * 8;
+            for (int64_t r0 = 0; r0 < R; r0 += 16) {
+                int64_t r1 = r0 + 16 < R ? r0 + 16 : R, c0 = 0;
+                if (r1 == r0 + 16)
+                    for (; c0 + 16 <= K; c0 += 16)
+                        transpose16(V + c0 * R + r0, R, Qr + r0 * K + c0, K, scales + r0);
+                for (int64_t r = r0; r < r1; r++)
+                    for (int64_t c = c0; c < K; c++) Qr[r * K + c] = V[c * R + r] * scales[r];
             }
+            if (q_out) stream_copy(q_out + i0 * K, Qr, R * K);
+            for (int64_t r = 0; r < R; r++) {
+                memcpy(X + r * P, tb + r * F, sizeof(real) * F);
+                for (int64_t j = F; j < P; j++) X[r * P + j] = 0;
+            }
+            soft_sums(Qr, R, K, X, P, F, sum_t, counts);
+#else
+            real *Q = V, *X = b.xf, *C = b.cf;
+            for (int64_t c = 0; c < K; c++)
+#pragma omp simd
+                for (int64_t r = 0; r < R; r++) Q[c * R + r] *= scales[r];
+            if (q_out)
+                for (int64_t r = 0; r < R; r++)
+                    for (int64_t c = 0; c < K; c++) q_out[(i0 + r) * K + c] = Q[c * R + r];
             int f1 = f + 1;
             for (int64_t r = 0; r < R; r++) {
                 memcpy(X + r * f1, tb + r * F, sizeof(real) * F);
@@ -513,7 +582,9 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                 for (int64_t j = 0; j < F; j++) dst[j] += cc[j];
                 counts[c] += cc[F];
             }
+#endif
 #else
+            double *qd = b.qd, *fit = b.fit, *mass = b.mass;
             for (int64_t c = 0; c < K; c++) { /* e = exp(s - max s), near the maximum */
                 const real *col = V + c * R;
                 double *qc = qd + c * R;
@@ -580,9 +651,35 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                 lse_sum += b.odd[r] ? (double)top[r] : (double)top[r] + (double)logs[r];
         }
     }
+#if defined(MIXEM_SIMD) && defined(__AVX512F__)
+    if (soft && q_out) _mm_sfence(); /* the non-temporal stores, before the caller reads */
+#endif
     scalars[0] += elbo;
     scalars[1] += want_lse ? lse_sum : NAN;
     scalars[2] += old_labels ? changed : (double)(stop - first);
     free(b.xt), free(b.V), free(b.arg), free(b.odd), free(b.tot), FREE_Q(b), free(b.centred);
     return 0;
+}
+
+/* Super-blocks s0..s1-1 of `rows` rows each (the last may be shorter: rows stop at n), the
+   partial sums of super-block s at partials + s * (K + K F + 3): one call per thread, the
+   same sums for any split. Returns 0, or 1 when out of memory. */
+#ifdef MIXEM_DOUBLE
+#define MIXEM_RUN mixem_run_f64
+#else
+#define MIXEM_RUN mixem_run_f32
+#endif
+int MIXEM_RUN(const real *t, int64_t n, int64_t rows, int64_t s0, int64_t s1, int64_t F,
+              int64_t K, const real *eta, const real *bias, const real *base, const real *shift,
+              int soft, double temperature, const int64_t *old_labels, real *q_out,
+              int want_lse, int64_t block, void *gemm_ptr, void *dgemm_ptr, int64_t *labels,
+              real *point_fit, double *partials) {
+    int failed = 0;
+    for (int64_t s = s0; s < s1; s++) {
+        int64_t first = s * rows, stop = first + rows < n ? first + rows : n;
+        failed |= MIXEM_PASS(t, first, stop, F, K, eta, bias, base, shift, soft, temperature,
+                             old_labels, q_out, want_lse, block, gemm_ptr, dgemm_ptr, labels,
+                             point_fit, partials + s * (K + K * F + 3));
+    }
+    return failed;
 }

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from inference.kernels.common import PassResult, block_rows, check
+from inference.kernels.common import PassResult, block_rows, check, check_outputs
 
 
 def run_pass(
@@ -25,21 +25,29 @@ def run_pass(
     q_out: Tensor | None = None,
     log_evidence: bool = True,
     threads: int | None = None,
+    labels_out: Tensor | None = None,
+    point_fit_out: Tensor | None = None,
 ) -> PassResult:
     """One pass over the rows of the table S = (t - shift) natural^T + bias + base[:, None].
 
     t (N, F), natural (K, F), bias (K,), base (N,) or None (0), shift (F,) or None (0): one
     dtype; old_labels (N,) int64 or None; q_out (N, K) of t's dtype or None (written with q in
-    soft mode). ``threads`` is accepted for the C kernel's signature and ignored. See
+    soft mode); labels_out (N,) int64 and point_fit_out (N,) of t's dtype or None (written and
+    returned when given). ``threads`` is accepted for the C kernel's signature and ignored. See
     ``inference.kernels.run_pass`` for the modes and the result.
     """
     del threads
     check(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
+    check_outputs(t, labels_out, point_fit_out)
     N, F = t.shape
     K = natural.shape[0]
     wide = torch.float64
-    labels = torch.empty(N, dtype=torch.int64, device=t.device)
-    point_fit = torch.empty(N, dtype=t.dtype, device=t.device)
+    labels = (
+        torch.empty(N, dtype=torch.int64, device=t.device) if labels_out is None else labels_out
+    )
+    point_fit = (
+        torch.empty(N, dtype=t.dtype, device=t.device) if point_fit_out is None else point_fit_out
+    )
     counts = torch.zeros(K, dtype=wide, device=t.device)
     sum_t = torch.zeros(K, F, dtype=wide, device=t.device)
     elbo = torch.zeros((), dtype=wide, device=t.device)
