@@ -43,6 +43,30 @@ def check_rows(model: Any, x: Tensor, chunk_size: int, reducer: Reducer = LOCAL)
     return n_total
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (Linux's MemAvailable), or None unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_allocation(shape: tuple[int, ...], dtype: torch.dtype, what: str, fix: str) -> None:
+    """Refuse, before allocating, a tensor of ``shape`` that the memory available cannot hold,
+    with a message naming ``what`` it is and the option that lowers it (``fix``)."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise MixemError(
+            f"{what} {tuple(shape)} needs {nbytes / 2**30:.1f} GiB and {free / 2**30:.1f} GiB "
+            f"are available; {fix}"
+        )
+
+
 def check_dtypes(model: Any, x: Tensor) -> None:
     """Refuse a model whose floating parameters have another dtype than the data ``x``: torch
     would fail deep inside a product, or silently compute in the wider of the two."""

@@ -45,10 +45,17 @@ def _is_number(text: str) -> bool:
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
-    if rows and not all(_is_number(cell) for cell in rows[0]):
-        rows = rows[1:]  # a header line
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.reader(handle) if row and any(c.strip() for c in row)]
+    except UnicodeDecodeError as err:
+        raise MixemError(
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from err
+    # a header names every column: a first row with any number in it is data (a typo in it
+    # is then reported, not dropped as if it were a header)
+    if rows and not any(_is_number(cell) for cell in rows[0]):
+        rows = rows[1:]
     if not rows:
         raise MixemError(f"{path}: no data rows")
     width = len(rows[0])

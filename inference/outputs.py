@@ -112,6 +112,7 @@ def write_plot(path: str | Path, draw: Callable[[str], None]) -> None:
 OUTPUT_NAMES = frozenset(
     {"trace.csv", "trace.json", "labels.npy", "params.npz", "summary.json", "trace.png"}
     | {"compare.png"}
+    | {"select.csv", "select.png"}
 )
 # Test hook: "SIG[,SIG...]:N" sends those signals to this process once N files of a set are
 # written, so a test can interrupt the writing itself at a chosen file.

@@ -41,6 +41,10 @@ CASES: dict[str, Case] = {
     "1-D array": Case(_fit("d1.npy"), 2, "data must be a 2-D array (N points x D features), got"),
     "3-D array": Case(_fit("d3.npy"), 2, "got 3-D with shape (4, 3, 2)"),
     "non-numeric CSV": Case(_fit("text.csv"), 2, "data row 2, column 2: 'x' is not a number"),
+    "non-number in the first CSV row": Case(
+        _fit("typo.csv"), 2, "data row 1, column 2: 'x' is not a number"
+    ),
+    "CSV not in UTF-8": Case(_fit("latin1.csv"), 2, "not UTF-8 text"),
     "wrong --init shape": Case(
         _fit("blobs.npy", "2", "restricted-gmm", "--init", "init_shape.npy"),
         2,
@@ -69,6 +73,9 @@ CASES: dict[str, Case] = {
     "integer data": Case(_fit("int.npy"), 0, ""),
     "float16 data": Case(_fit("f16.npy"), 0, ""),
     "huge offset in float32 (1e8 + spread)": Case(_fit("offset.npy"), 0, ""),
+    "gmm with a truncated guide (topk:1:2)": Case(
+        _fit("blobs.npy", "3", "gmm", "--guide", "topk:1:2"), 0, ""
+    ),
     "unknown model": Case(_fit("blobs.npy", "3", "nope"), 2, "unknown model 'nope'; choose one"),
     "unknown guide": Case(
         _fit("blobs.npy", "3", "restricted-gmm", "--guide", "nope"), 2, "unknown guide 'nope'"
@@ -135,6 +142,8 @@ def _write_data(directory: Path) -> None:
     np.savez(directory / "init_names.npz", foo=np.zeros((3, 2)))
     (directory / "empty.csv").write_text("")
     (directory / "text.csv").write_text("a,b\n1,2\n3,x\n")
+    (directory / "typo.csv").write_text("1,x\n1,2\n3,4\n")  # no header: a typo in row 1
+    (directory / "latin1.csv").write_bytes("h\xe9ight,w\n1,2\n3,4\n".encode("latin-1"))
 
 
 def _handled(name: str, out: Path) -> None:

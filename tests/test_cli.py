@@ -201,3 +201,44 @@ def test_help_lists_every_option_with_its_default(capsys):
     ):
         assert option in text
     assert "default: 300" in text and "default: 1e-4" in text
+
+
+def test_an_allocation_that_fails_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    import inference.cli as cli
+
+    def no_memory(args):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB")
+
+    monkeypatch.setattr(cli, "run_fit", no_memory)
+    argv = ["fit", "--model", "restricted-gmm", "--k", "2", "--data", "builtin:iris"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mixem: error: out of memory (DefaultCPUAllocator")
+    assert "--k" in err[0]
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(monkeypatch, tmp_path):
+    import inference.cli as cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "run_fit", broken)
+    argv = ["fit", "--model", "restricted-gmm", "--k", "2", "--data", "builtin:iris"]
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main([*argv, "--out", str(tmp_path / "out")])
+
+
+def test_a_dense_q_larger_than_memory_is_refused_before_allocating(monkeypatch):
+    import torch
+
+    from inference import checks
+    from inference.em import fit
+    from inference.errors import MixemError
+    from inference.guides import Categorical
+    from models import RestrictedGMM
+
+    x = torch.randn(100, 2, dtype=torch.float64)
+    monkeypatch.setattr(checks, "available_memory", lambda: 1000)  # 1 kB left
+    with pytest.raises(MixemError, match=r"dense q of a soft guide \(100, 3\) needs .*lower K"):
+        fit(RestrictedGMM(x[:3].clone()), x, Categorical())

@@ -358,10 +358,10 @@ def test_minibatch_stops_between_steps_with_the_last_steps_params():
 @pytest.mark.parametrize("command", ["fit", "compare"])
 @pytest.mark.parametrize("where", ["load_data", "kmeans_plusplus"])
 def test_a_signal_before_the_loop_exits_at_once(tmp_path, monkeypatch, capsys, command, where):
-    import inference.cli as cli
+    import inference.fit_io as fit_io
     import inference.scale as scale
 
-    module, name = (scale, "to_tensor") if where == "load_data" else (cli, where)
+    module, name = (scale, "to_tensor") if where == "load_data" else (fit_io, where)
     real = getattr(module, name)
 
     def interrupted(*args, **kwargs):
@@ -370,7 +370,7 @@ def test_a_signal_before_the_loop_exits_at_once(tmp_path, monkeypatch, capsys, c
 
     monkeypatch.setattr(module, name, interrupted)
     if command == "compare" and where == "load_data":
-        monkeypatch.setattr(cli, "to_tensor", interrupted)
+        monkeypatch.setattr(fit_io, "to_tensor", interrupted)
     argv = _argv(tmp_path / "o")
     argv[0] = command
     if where == "kmeans_plusplus":
