@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 import cases
 
-from inference.guides import fit_truncated
+from inference.truncated_fit import fit_truncated
 from models import RestrictedGMM
 
 FULL, QUICK = (200_000, 16, 1024), (20_000, 16, 256)

@@ -1,4 +1,5 @@
-"""``mixem``: fit a mixture with a chosen guide family, compare families, or run the demo.
+"""``mixem``: fit a mixture with a chosen guide family, compare families, choose K, or run the
+demo.
 
 Errors in the input are one line on stderr and exit code 2; outputs are written only after a
 fit has finished, each file atomically, so a failed run leaves DIR as it was.
@@ -12,38 +13,26 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from inference.cli_args import build_parser, model_names
-from inference.data import load_array, to_tensor
+from inference.cli_args import build_parser
 from inference.distributed import Reducer
+from inference.dpmeans_cli import run_dp_fit
 from inference.em import FitResult
 from inference.errors import MixemError
-from inference.families import Anneal
-from inference.guides import parse_anneal, parse_guide
-from inference.init import kmeans_plusplus, random_points
+from inference.fit_io import build_model, load_data, write_fit_outputs
+from inference.guides import Anneal, parse_anneal, parse_guide
 from inference.online import fit_minibatch
 from inference.outputs import (
     check_out,
     locked_out,
-    write_json,
-    write_npy,
-    write_npz,
-    write_plot,
     write_set,
-    write_text,
 )
-from inference.params import get_params
 from inference.runner import (
     RunInterruptedError,
     SignalFlag,
     cli_fit,
     deferred_signals,
-    run_settings,
     signal_hook_for_tests,
 )
 from inference.scale import (
@@ -54,53 +43,8 @@ from inference.scale import (
     start_workers,
     stop_workers,
 )
-from inference.trace import csv_text, format_evidence, json_text, plot_traces, to_rows
-from inference.validation import check_data
-
-
-def load_data(args: argparse.Namespace) -> torch.Tensor:
-    x = to_tensor(load_array(args.data), args.dtype)
-    check_data(x, args.k)
-    return x
-
-
-def initial_centres(spec: str, x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """(K, D) starting means from ``--init``."""
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    if spec == "kmeans++":
-        return kmeans_plusplus(x, k, generator)
-    if spec == "random":
-        return random_points(x, k, generator)
-    if not spec.endswith(".npy"):
-        raise MixemError(
-            f"--init must be kmeans++, random, a .npy file of means or a .npz file of params, "
-            f"got {spec!r}"
-        )
-    centres = to_tensor(load_array(spec), str(x.dtype).removeprefix("torch."))
-    if tuple(centres.shape) != (k, x.shape[1]):
-        raise MixemError(
-            f"--init {spec}: shape {tuple(centres.shape)} does not match "
-            f"(K, D) = ({k}, {x.shape[1]})"
-        )
-    if not bool(torch.isfinite(centres).all()):
-        raise MixemError(f"--init {spec}: contains NaN or inf")
-    return centres
-
-
-def build_model(args: argparse.Namespace, x: torch.Tensor) -> Any:
-    from models import MODELS
-
-    if args.model not in MODELS:
-        raise MixemError(f"unknown model {args.model!r}; choose one of: {', '.join(model_names())}")
-    from inference.model_init import init_from_file, model_options
-
-    model_class = MODELS[args.model]
-    from_file = args.init.endswith(".npz")  # named params; the rest start as with kmeans++
-    centres = initial_centres("kmeans++" if from_file else args.init, x, args.k, args.seed)
-    model = model_class.from_centres(centres, x, **model_options(model_class, args))
-    if from_file:
-        init_from_file(model, args.init)
-    return model
+from inference.selection_cli import run_select
+from inference.trace import format_evidence
 
 
 def _progress(total: int, quiet: bool) -> Any:
@@ -109,34 +53,6 @@ def _progress(total: int, quiet: bool) -> Any:
     return tqdm(
         total=total, desc="EM", unit="it", file=sys.stderr, disable=quiet or not sys.stderr.isatty()
     )
-
-
-def write_fit_outputs(
-    out: Path,
-    args: argparse.Namespace,
-    x: torch.Tensor | DataInfo,
-    result: FitResult,
-    seconds: float,
-    status: str = "completed",
-) -> None:
-    rows = to_rows(result.trace)
-    last = result.trace[-1]
-    write_text(out / "trace.csv", csv_text(rows))
-    write_text(out / "trace.json", json_text(rows))
-    write_npy(out / "labels.npy", result.labels.cpu().numpy().astype(np.int64))
-    write_npz(out / "params.npz", {k: v.cpu().numpy() for k, v in get_params(result.model).items()})
-    write_plot(out / "trace.png", lambda p: plot_traces({args.guide: result.trace}, p))
-    summary = {
-        "status": status,
-        **run_settings(args, x),  # what --resume checks against
-        "n_iter": result.n_iter,
-        "converged": result.converged,
-        "stop_reason": result.stop_reason,
-        "elbo": last.elbo,
-        "log_evidence": last.log_evidence,
-        "seconds": seconds,
-    }
-    write_json(out / "summary.json", summary)
 
 
 def _fit_loop(
@@ -174,6 +90,8 @@ def _fit_loop(
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    if args.dp_lambda is not None:  # DP-means: K chosen by the data (inference.dpmeans)
+        return run_dp_fit(args)
     started = time.perf_counter()
     check_scale_options(args)
     guide = parse_anneal(args.anneal) if args.anneal else parse_guide(args.guide, args.k, args.seed)
@@ -268,6 +186,12 @@ def run_compare(args: argparse.Namespace) -> int:
     return flag.exit_code if flag.is_set() else 0
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """True for an allocation that failed: Python's MemoryError, torch's allocator errors."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or "not enough memory" in text or "can't allocate" in text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -275,11 +199,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_fit(args)
         if args.command == "compare":
             return run_compare(args)
+        if args.command == "select":
+            return run_select(args)
         from inference.demo import run_demo
 
         return 0 if run_demo(args.out, quick=args.quick) else 1
     except MixemError as err:
         print(f"mixem: error: {err}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(
+            f"mixem: error: out of memory ({first}); lower --k or --chunk-size, or use --guide "
+            "delta (the soft guides keep an N x K q)",
+            file=sys.stderr,
+        )
         return 2
     except (RunInterruptedError, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, RunInterruptedError) else int(signal.SIGINT)

@@ -19,6 +19,38 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
         raise MixemError(f"{message} (see '{self.prog} --help')")
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed = super().parse_args(args, namespace)
+        if getattr(parsed, "command", None) == "fit":
+            check_dp_options(parsed)
+        return parsed
+
+
+def check_dp_options(args: argparse.Namespace) -> None:
+    """``fit``: --k is required unless --dp-lambda (DP-means chooses K), which takes the Delta
+    guide in memory and none of the options that do not apply to it."""
+    if args.dp_lambda is None:
+        if args.k is None:
+            raise MixemError("the following arguments are required: --k (see 'mixem fit --help')")
+        if args.max_k is not None:
+            raise MixemError("--max-k applies to DP-means only; add --dp-lambda LAMBDA")
+        return
+    if args.anneal or args.guide != "delta":
+        guide = f"--anneal {args.anneal}" if args.anneal else f"--guide {args.guide}"
+        raise MixemError(
+            f"--dp-lambda takes --guide delta (the small-variance limit is hard), got {guide}"
+        )
+    if args.k is not None:
+        raise MixemError("--dp-lambda chooses K: drop --k (bound it with --max-k KMAX)")
+    for flag, value in (
+        ("--resume", args.resume),
+        ("--stream", args.stream or None),
+        ("--distributed", args.distributed or None),
+        ("--batch-size", args.batch_size),
+    ):
+        if value is not None:
+            raise MixemError(f"--dp-lambda runs in memory in one process: drop {flag}")
+
 
 INT64_MAX = 2**63 - 1  # torch's seeds, sizes and counts are 64-bit
 
@@ -55,14 +87,25 @@ def model_names() -> list[str]:
     return sorted(MODELS)
 
 
-def add_fit_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``fit`` (and the comparison of guides): model, data, init, stopping."""
+def add_fit_options(
+    parser: argparse.ArgumentParser, k_required: bool = True, fixed_k: bool = True
+) -> None:
+    """Options shared by ``fit`` (and the comparison of guides): model, data, init, stopping.
+
+    ``k_required=False``: ``--k`` may be left out (``fit --dp-lambda``; ``check_dp_options``);
+    ``fixed_k=False`` leaves ``--k`` to the caller and takes no starting file (``select``).
+    """
     parser.add_argument(
         "--model", required=True, help=f"mixture model, one of: {', '.join(model_names())}"
     )
-    parser.add_argument(
-        "--k", required=True, type=_positive_int, help="number of components K (1 <= K <= N)"
-    )
+    if fixed_k:
+        parser.add_argument(
+            "--k",
+            required=k_required,
+            default=None,
+            type=_positive_int,
+            help="number of components K (1 <= K <= N)",
+        )
     parser.add_argument(
         "--data",
         required=True,
@@ -71,11 +114,14 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, type=Path, help="output directory (created if missing)"
     )
+    files = (
+        ", random, PATH.npy with (K, D) starting means, or PATH.npz of named params as "
+        "params.npz holds (any left out start as with kmeans++)"
+    )
     parser.add_argument(
         "--init",
         default="kmeans++",
-        help="kmeans++ (greedy, default), random, PATH.npy with (K, D) starting means, or "
-        "PATH.npz of named params as params.npz holds (any left out start as with kmeans++)",
+        help="kmeans++ (greedy, default)" + (files if fixed_k else " or random"),
     )
     parser.add_argument(
         "--covariance",
@@ -145,6 +191,29 @@ def add_guide_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_dp_options(parser: argparse.ArgumentParser) -> None:
+    """``fit``'s DP-means: --dp-lambda instead of --k, and --max-k (``inference.dpmeans``)."""
+    for action in parser._actions:  # --k: required unless --dp-lambda (check_dp_options)
+        if action.dest == "k":
+            action.required = False
+            action.help = f"{action.help}; required unless --dp-lambda"
+    parser.add_argument(
+        "--dp-lambda",
+        type=_non_negative_float,
+        default=None,
+        metavar="LAMBDA",
+        help="DP-means instead of --k: the cost of a component, in the model's divergence "
+        "(restricted-gmm, poisson, bernoulli; --guide delta) (default: none)",
+    )
+    parser.add_argument(
+        "--max-k",
+        type=_positive_int,
+        default=None,
+        metavar="KMAX",
+        help="DP-means: open no component beyond KMAX (default: N)",
+    )
+
+
 ANNEAL_HELP = (
     "tempered guides cooled geometrically from T0 to T1 (T0 >= T1 > 0, T1 <= 1) over STEPS "
     "E-steps, then categorical if T1 = 1 or delta if T1 < 1 (default: none)"
@@ -171,6 +240,77 @@ def add_compare_parser(commands: Any) -> None:
     )
 
 
+def k_range(text: str) -> range:
+    """``--k A:B`` of ``select``: A..B inclusive, 1 <= A <= B, or a single ``K``."""
+    parts = text.strip().split(":")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected A:B with whole numbers 1 <= A <= B (or one K), got {text!r}"
+        )
+    low, high = int(parts[0]), int(parts[-1])
+    if low < 1:
+        raise argparse.ArgumentTypeError(f"K starts at 1, got {text!r}")
+    if high < low:
+        raise argparse.ArgumentTypeError(f"empty range {text!r}: A:B needs A <= B")
+    if high > INT64_MAX:
+        raise argparse.ArgumentTypeError(f"expected K below 2**63, got {text!r}")
+    return range(low, high + 1)
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def add_select_parser(commands: Any) -> None:
+    """``mixem select``: the fit options with ``--k A:B``, ``--criterion``, ``--restarts``."""
+    from inference.selection import CRITERIA
+
+    parser = commands.add_parser(
+        "select",
+        help="choose K: fit every K of a range and compare BIC, AIC, ICL or held-out fit",
+        description="Fit the model for every K of --k (restarts from the starts --init gives "
+        "with seeds --seed, --seed + 1, ...; the best final ELBO kept), choose K by "
+        "--criterion; write select.csv, select.png and the chosen fit's outputs (as fit "
+        "writes them) to --out.",
+    )
+    add_fit_options(parser, fixed_k=False)
+    parser.add_argument(
+        "--k",
+        required=True,
+        type=k_range,
+        metavar="A:B",
+        help="the K's to fit, A to B inclusive (1 <= A <= B <= N), or one K",
+    )
+    parser.add_argument(
+        "--guide",
+        default="delta",
+        help=f"guide family NAME[:ARG], one of: {GUIDE_SYNTAX} (default: delta)",
+    )
+    parser.add_argument(
+        "--criterion",
+        choices=CRITERIA,
+        default="bic",
+        help="lowest bic, aic or icl, or highest held-out log-likelihood per point (default: bic)",
+    )
+    parser.add_argument(
+        "--restarts",
+        type=_positive_int,
+        default=1,
+        help="fits per K from different seeds of the start; the best final ELBO is kept "
+        "(default: 1)",
+    )
+    parser.add_argument(
+        "--heldout-fraction",
+        type=_fraction,
+        default=0.2,
+        help="--criterion heldout: the share of rows held out, chosen with --seed; the other "
+        "columns are then computed on the rest (default: 0.2)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mixem", description="Variational EM for mixture models with swappable guide families."
@@ -184,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_options(fit_parser)
     add_guide_options(fit_parser)
     add_scale_options(fit_parser)
+    add_dp_options(fit_parser)
     fit_parser.add_argument(
         "--resume",
         type=Path,
@@ -193,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-iter counts its iterations too) (default: start afresh)",
     )
     add_compare_parser(commands)
+    add_select_parser(commands)
     demo = commands.add_parser(
         "demo",
         help="the derivation of K-means from EM, as checks and figures",

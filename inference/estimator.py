@@ -6,6 +6,7 @@ is K-means (Lloyd's algorithm from greedy k-means++), and ``guide="categorical"`
 any model in ``models.MODELS`` and any family ``inference.guides.parse_guide`` knows works. Input
 is checked and converted as scikit-learn does (integers and float16 to float64, float32 kept);
 bad input raises ``MixemError``, a ``ValueError``, with scikit-learn's message where it has one.
+``bic``, ``aic`` and ``icl`` score a fit for choosing K (``inference.selection``).
 """
 
 from __future__ import annotations
@@ -238,3 +239,30 @@ class MixtureEM(ClusterMixin, BaseEstimator):
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log evidence per row of ``X`` (as ``GaussianMixture.score``); ``y`` is ignored."""
         return float(self.score_samples(X).mean())
+
+    # -- model selection --------------------------------------------------------------------
+
+    def _criteria(self, X: Any) -> dict[str, float]:
+        from inference.selection import criteria, evidence_terms, n_parameters
+
+        check_is_fitted(self)
+        terms = evidence_terms(self.model_, self._validate(X, reset=False), int(self.chunk_size))
+        return criteria(terms, n_parameters(self.model_), bool(self.guide_.hard))
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on ``X`` (N, D), as ``GaussianMixture.bic``:
+        -2 log p(X | theta) + n_parameters log N, with the exact log evidence (lower is
+        better; ``inference.selection.n_parameters`` counts the parameters)."""
+        return self._criteria(X)["bic"]
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on ``X`` (N, D), as ``GaussianMixture.aic``:
+        -2 log p(X | theta) + 2 n_parameters (lower is better)."""
+        return self._criteria(X)["aic"]
+
+    def icl(self, X: Any) -> float:
+        """Integrated completed likelihood (Biernacki et al. 2000) on ``X`` (N, D): ``bic`` +
+        2 sum_i H(p(z_i | x_i, theta)) for a soft guide; for a hard one (``delta``) the
+        classification likelihood log p(X, z_hat | theta) at the MAP labels replaces the
+        evidence: -2 log p(X, z_hat | theta) + n_parameters log N (lower is better)."""
+        return self._criteria(X)["icl"]

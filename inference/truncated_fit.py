@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
+from inference.em import FitResult, fit
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.guides.truncated import TruncatedTopK
 from inference.trace import TraceRecord
-
-if TYPE_CHECKING:
-    from inference.em import FitResult
 
 
 def fit_truncated(
@@ -47,7 +45,6 @@ def fit_truncated(
         evidence_every: a full pass for the log evidence every so many iterations (0: only at
             iteration 0); the records in between have NaN log evidence and KL gap.
     """
-    from inference.em import fit  # the loop imports this package: imported when called
 
     family = TruncatedTopK(k, neighbours, evidence_every, truncated_chunk_size)
     return fit(

@@ -18,11 +18,11 @@ from inference.guides import (
     TopK,
     TruncatedTopK,
     candidate_log_joint,
-    fit_truncated,
     select_top,
     truncated_e_step,
 )
 from inference.observed import model_form
+from inference.truncated_fit import fit_truncated
 from models import MODELS, RestrictedGMM
 
 

@@ -36,7 +36,6 @@ from inference.guides.spelling import format_number
 from inference.guides.tempered import Tempered
 from inference.guides.topk import TopK
 from inference.guides.truncated import TruncatedTopK, truncated_e_step
-from inference.guides.truncated_fit import fit_truncated
 
 __all__ = [
     "FAMILIES",
@@ -52,7 +51,6 @@ __all__ = [
     "TruncatedTopK",
     "as_schedule",
     "candidate_log_joint",
-    "fit_truncated",
     "format_number",
     "is_exact_for_trace_elbo",
     "parse_anneal",
