@@ -77,19 +77,28 @@ def test_unknown_mixture_fits_with_every_guide(spec):
         torch.testing.assert_close(rates, TRUE_RATES, rtol=0.25, atol=0)
 
 
-def readme_example() -> str:
-    """The Python block of README's "Add your own mixture" section."""
+def readme_examples() -> list[str]:
+    """The Python blocks of README's "Add your own mixture" section: a plain Pyro exponential
+    family mixture, then a Laplace mixture (outside the table of families)."""
     text = README.read_text()
     section = text.split("## Add your own mixture", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert len(blocks) == 1, "the section should hold exactly one Python example"
-    return blocks[0]
+    assert len(blocks) == 2, "the section should hold the two Python examples"
+    return blocks
 
 
-def test_readme_example_runs_and_prints_an_elbo_trace(capsys):
-    code = readme_example()
-    assert len(code.strip().splitlines()) < 40
-    exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})
+def test_readme_examples_run_and_print_an_elbo_trace(capsys):
+    family, generic = readme_examples()
+    assert len(family.strip().splitlines()) < 40 and len(generic.strip().splitlines()) < 30
+    namespace = {"__name__": "readme_example"}
+    exec(compile(family, str(README), "exec"), namespace)
+    first = capsys.readouterr().out.splitlines()
+    assert first[0] == "exponential"  # read as a family: the fused pass
+    means = namespace["model"].rates.detach().reciprocal()  # (2, 2): populations of mean 6, 1
+    torch.testing.assert_close(
+        means.sort(0).values[:, 0], torch.tensor([1.0, 6.0]).double(), rtol=0.1, atol=0
+    )
+    exec(compile(generic, str(README), "exec"), namespace)
     lines = [line for line in capsys.readouterr().out.splitlines() if "ELBO" in line]
     elbos = [float(line.split("ELBO")[1].split()[0]) for line in lines]
     assert len(elbos) >= 3 and all(math.isfinite(e) for e in elbos)
