@@ -4,13 +4,16 @@ to fix (the data's own checks are ``inference.validation``'s)."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from inference.distributed import LOCAL, Reducer
 from inference.errors import MixemError, NonFiniteError
+from inference.guides import GuideFamily
 from inference.params import get_params
 from inference.state import EStep
 from inference.trace import TraceRecord
@@ -23,24 +26,114 @@ def check_rows(model: Any, x: Tensor, chunk_size: int, reducer: Reducer = LOCAL)
     n_total = int(reducer.sum(torch.tensor([x.shape[0]]))[0])
     if isinstance(x, Tensor):
         check_data(x, 1)  # shape and values of the whole tensor at once
-    validate = getattr(model, "validate_data", None)
     for start in range(0, x.shape[0], chunk_size):
         chunk = x[start : start + chunk_size]
         if not isinstance(x, Tensor):
             check_data(chunk, 1, first_row=start)
-        if validate is None:  # per-family checks (binary, counts, unit vectors ...)
-            continue
-        try:
-            validate(chunk)
-        except MixemError as err:
-            if isinstance(x, Tensor) and x.shape[0] <= chunk_size:
-                raise  # one chunk: the model's row numbers are the data's
-            stop = start + chunk.shape[0] - 1
-            raise MixemError(
-                f"{err} (counting rows from {start}: data rows {start}-{stop})"
-            ) from err
+        _check_chunk_support(model, x, chunk, start, chunk_size)
     check_k(int(model.n_components), n_total)
     return n_total
+
+
+def check_support(model: Any, x: Tensor, chunk_size: int) -> None:
+    """The model's own ``validate_data`` (binary, counts, unit vectors ...) on every chunk of
+    ``x`` (N, D), with the messages ``fit`` gives: for data scored or labelled after a fit."""
+    for start in range(0, x.shape[0], chunk_size):
+        _check_chunk_support(model, x, x[start : start + chunk_size], start, chunk_size)
+
+
+def _check_chunk_support(model: Any, x: Tensor, chunk: Tensor, start: int, chunk_size: int) -> None:
+    validate = getattr(model, "validate_data", None)
+    if validate is None:  # per-family checks (binary, counts, unit vectors ...)
+        return
+    try:
+        validate(chunk)
+    except MixemError as err:
+        if isinstance(x, Tensor) and x.shape[0] <= chunk_size:
+            raise  # one chunk: the model's row numbers are the data's
+        stop = start + chunk.shape[0] - 1
+        raise MixemError(f"{err} (counting rows from {start}: data rows {start}-{stop})") from err
+
+
+def _is_count(value: Any) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def check_fit_arguments(
+    model: Any,
+    x: Any,
+    guide: Any,
+    *,
+    max_iter: Any,
+    tol: Any,
+    chunk_size: Any,
+    callback: Any,
+    should_stop: Any,
+) -> None:
+    """``inference.em.fit``'s arguments, by type and shape, before any is used: a
+    ``MixemError`` saying what to pass rather than a torch error from deep in the loop."""
+    if not hasattr(model, "n_components") or not callable(model):
+        raise MixemError(
+            f"model must be a mixture model with n_components (e.g. models.RestrictedGMM(locs)), "
+            f"got {type(model).__name__}"
+        )
+    if isinstance(x, Tensor):
+        if x.dim() != 2:  # check_data's wording; its value checks come with check_rows
+            raise MixemError(
+                f"data must be a 2-D array (N points x D features), got {x.dim()}-D with shape "
+                f"{tuple(x.shape)}; reshape it, e.g. x.reshape(-1, 1) for a single feature"
+            )
+    elif isinstance(x, np.ndarray | list | tuple) or not all(
+        hasattr(x, name) for name in ("shape", "dim", "__getitem__")
+    ):
+        raise MixemError(
+            f"x must be a torch.Tensor (N points x D features), got {type(x).__name__}; convert "
+            f"it with torch.as_tensor(x, dtype=torch.float64)"
+        )
+    _check_guide(guide)
+    if not _is_count(max_iter) or max_iter < 0:
+        raise MixemError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    if not _is_count(chunk_size) or chunk_size < 1:
+        raise MixemError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if (
+        not isinstance(tol, numbers.Real)
+        or isinstance(tol, bool | np.bool_)
+        or not 0 <= float(tol) < math.inf  # NaN fails too
+    ):
+        raise MixemError(f"tol must be a finite number >= 0, got {tol!r}")
+    for name, value in (("callback", callback), ("should_stop", should_stop)):
+        if value is not None and not callable(value):
+            raise MixemError(f"{name} must be a function or None, got {type(value).__name__}")
+
+
+def _check_guide(guide: Any) -> None:
+    """None, a guide family (an instance) or a schedule ``iteration -> family``."""
+    if guide is None:
+        return
+    if isinstance(guide, str):
+        raise MixemError(
+            f"guide must be a guide family, got the string {guide!r}; use "
+            f"inference.guides.parse_guide({guide!r}, k) or a family such as Delta()"
+        )
+    if isinstance(guide, type):
+        raise MixemError(
+            f"guide must be a guide family instance, got the class {guide.__name__}; use "
+            f"{guide.__name__}(...)"
+        )
+    if isinstance(guide, GuideFamily):
+        return
+    if not callable(guide):
+        raise MixemError(
+            f"guide must be a guide family (e.g. Delta(), or parse_guide('delta', k)) or a "
+            f"schedule iteration -> family, got {type(guide).__name__}"
+        )
+    first = guide(0)
+    if isinstance(first, type) or not isinstance(first, GuideFamily):
+        raise MixemError(
+            f"the guide schedule must return a guide family for each iteration, got "
+            f"{type(first).__name__} at iteration 0"
+        )
 
 
 def available_memory() -> int | None:

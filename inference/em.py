@@ -30,6 +30,7 @@ from inference import fused
 from inference.checks import (
     check_dtypes,
     check_finite,
+    check_fit_arguments,
     check_params,
     check_rows,
     mean_feature_variance,
@@ -191,6 +192,16 @@ def fit(
             (``inference.distributed``); labels and q are then the shard's, every total
             (ELBO, log evidence, changed labels, statistics) is global.
     """
+    check_fit_arguments(
+        model,
+        x,
+        guide,
+        max_iter=max_iter,
+        tol=tol,
+        chunk_size=chunk_size,
+        callback=callback,
+        should_stop=should_stop,
+    )
     family_at = as_schedule(Delta() if guide is None else guide)
     n_total = check_rows(model, x, chunk_size, reducer)
     if not (max_iter >= 0 and tol >= 0):  # NaN fails both

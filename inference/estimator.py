@@ -11,6 +11,7 @@ bad input raises ``MixemError``, a ``ValueError``, with scikit-learn's message w
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
+from inference.checks import check_support
 from inference.em import e_step, fit
 from inference.enumerate import iter_log_joint
 from inference.errors import MixemError
@@ -115,7 +117,10 @@ class MixtureEM(ClusterMixin, BaseEstimator):
             array = validate_data(self, X, dtype=dtype, reset=reset)
         except ValueError as err:  # the same message, as the package's error type
             raise MixemError(str(err)) from err
-        return torch.tensor(array)  # a copy: read-only or memory-mapped input stays untouched
+        x = torch.tensor(array)  # a copy: read-only or memory-mapped input stays untouched
+        if not reset:  # the support checks fit made (binary, counts, unit rows ...), as fit
+            check_support(self.model_, x, int(self.chunk_size))
+        return x
 
     def _check_settings(self, n: int) -> None:
         k = self.n_components
@@ -129,8 +134,33 @@ class MixtureEM(ClusterMixin, BaseEstimator):
                 raise MixemError(f"{name} must be a non-negative integer, got {value!r}")
         if self.chunk_size < 1:
             raise MixemError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
-        if not isinstance(self.tol, int | float) or not 0 <= self.tol < float("inf"):
-            raise MixemError(f"tol must be a finite number >= 0, got {self.tol!r}")
+        tol = self.tol
+        if isinstance(tol, bool | np.bool_) or not isinstance(tol, numbers.Real):
+            raise MixemError(f"tol must be a finite number >= 0, got {tol!r}")
+        if not 0 <= float(tol) < float("inf"):
+            raise MixemError(f"tol must be a finite number >= 0, got {tol!r}")
+        if not isinstance(self.model, str):
+            raise MixemError(
+                f"model must be a name in models.MODELS (e.g. 'restricted-gmm'), got "
+                f"{type(self.model).__name__}"
+            )
+        if self.model_options is not None and not isinstance(self.model_options, dict):
+            raise MixemError(
+                f"model_options must be a dict of the model's options or None, got "
+                f"{type(self.model_options).__name__}"
+            )
+        if isinstance(self.guide, type):
+            raise MixemError(
+                f"guide must be a spec string or a guide family instance, got the class "
+                f"{self.guide.__name__}; use {self.guide.__name__}(...)"
+            )
+        try:
+            check_random_state(self.random_state)
+        except ValueError as err:
+            raise MixemError(
+                f"random_state must be None, an integer in 0..2**32 - 1 or a numpy "
+                f"RandomState, got {self.random_state!r}"
+            ) from err
 
     def _initial_centres(self, x: Tensor, seed: int) -> Tensor:
         """(K, D) starting centres from ``init``; ``seed`` drives the random ones."""

@@ -38,6 +38,10 @@ CASES: dict[str, Case] = {
     "K > N": Case(_fit("dup.npy", "7"), 2, "the number of components (7) exceeds the number of"),
     "K = N with duplicate points": Case(_fit("dup.npy", "6"), 0, ""),
     "constant data": Case(_fit("const.npy", "3"), 0, ""),
+    "constant data, K = 200 of N = 20000": Case(_fit("const_big.npy", "200"), 0, ""),
+    "float32 copy of float64 data": Case(
+        _fit("blobs.npy", "5", "restricted-gmm", "--dtype", "float32", "--max-iter", "0"), 0, ""
+    ),
     "1-D array": Case(_fit("d1.npy"), 2, "data must be a 2-D array (N points x D features), got"),
     "3-D array": Case(_fit("d3.npy"), 2, "got 3-D with shape (4, 3, 2)"),
     "non-numeric CSV": Case(_fit("text.csv"), 2, "data row 2, column 2: 'x' is not a number"),
@@ -125,6 +129,7 @@ def _write_data(directory: Path) -> None:
         "one": blobs[:1],
         "dup": np.repeat(blobs[:3], [3, 2, 1], axis=0),
         "const": np.ones((10, 2)),
+        "const_big": np.ones((20000, 2)),
         "d1": blobs[:, 0],
         "d3": np.zeros((4, 3, 2)),
         "init_shape": np.zeros((2, 5)),
@@ -156,8 +161,13 @@ def _handled(name: str, out: Path) -> None:
         assert summary["dtype"] == "float64"  # as scikit-learn converts them
     if name == "K = 1":
         np.testing.assert_allclose(locs[0], np.load(out.parent / "blobs.npy").mean(0))
-    if name == "constant data":
+    if name.startswith("constant data"):
         assert np.all(locs == 1.0)
+    if name == "float32 copy of float64 data":  # k-means++ picks the rows float64 picks
+        argv = ["fit", "--out", str(out.parent / "out64"), "--quiet", *CASES[name].argv]
+        assert main([*argv, "--dtype", "float64"]) == 0  # the last --dtype counts
+        locs64 = np.load(out.parent / "out64" / "params.npz")["locs"]
+        assert locs.dtype == np.float32 and np.array_equal(locs, locs64.astype(np.float32))
     if name in ("K = N with duplicate points", "--init with duplicate centres"):
         assert sum(relocated) >= 1 and summary["converged"]
     if name.startswith("huge offset"):  # the three blobs, their means to float32 resolution

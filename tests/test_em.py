@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,11 @@ from conftest import blobs, nearest_centroid
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits, load_iris
 
+from inference import init as init_module
 from inference.em import fit
 from inference.errors import MixemError
 from inference.guides import Delta
-from inference.init import kmeans_plusplus, random_points
+from inference.init import kmeans_plusplus, kmeans_plusplus_indices, random_points
 from models import RestrictedGMM
 
 
@@ -137,6 +140,55 @@ def test_kmeans_plusplus_is_seeded_and_picks_distinct_rows():
 def test_kmeans_plusplus_on_constant_data_still_gives_k_rows():
     x = torch.ones(5, 2, dtype=torch.float64)
     assert kmeans_plusplus(x, 3, torch.Generator().manual_seed(0)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kmeans_plusplus_picks_the_same_rows_in_float32_and_float64(seed):
+    # well-separated blobs: no two candidate distances tie within float32's rounding, so the
+    # float64 draws against float64 cumulative sums must land on the same rows in both dtypes
+    x = blobs(400, 8, 3, seed=seed, spread=0.3)
+    picks64 = kmeans_plusplus_indices(x, 8, torch.Generator().manual_seed(seed))
+    picks32 = kmeans_plusplus_indices(x.float(), 8, torch.Generator().manual_seed(seed))
+    assert picks32 == picks64 and len(set(picks64)) == 8
+    rows32 = kmeans_plusplus(x.float(), 8, torch.Generator().manual_seed(seed))
+    assert torch.equal(rows32, x.float()[picks64])
+
+
+def test_kmeans_plusplus_refill_on_constant_data_is_linear():
+    """Constant data (every distance 0 after the first pick): the refill takes the lowest
+    unused rows in one pass, not a scan of all N rows against the picks for each of the K."""
+    n, k = 20000, 200
+    x = torch.full((n, 3), 2.5, dtype=torch.float64)
+    lines = 0
+    budget = 20 * k  # lines run in inference/init.py; the quadratic scan ran N per pick
+
+    def in_init(frame, event, arg):
+        nonlocal lines
+        if event == "line":
+            lines += 1
+            if lines > budget:
+                raise RuntimeError(f"k-means++ ran more than {budget} lines on constant data")
+        return in_init
+
+    def calls(frame, event, arg):
+        return in_init if frame.f_code.co_filename == init_module.__file__ else None
+
+    previous = sys.gettrace()  # a coverage tool's, given back after
+    sys.settrace(calls)
+    try:
+        picks = kmeans_plusplus_indices(x, k, torch.Generator().manual_seed(0))
+    finally:
+        sys.settrace(previous)
+    first = picks[0]
+    assert picks[1:] == [i for i in range(k + 1) if i != first][: k - 1]  # lowest unused rows
+    assert len(set(picks)) == k and lines <= budget
+
+
+def test_kmeans_plusplus_with_k_above_the_distinct_points_takes_each_once():
+    x = torch.tensor([[0.0, 0.0], [5.0, 5.0], [0.0, 0.0], [5.0, 5.0], [9.0, 0.0]] * 4)
+    picks = kmeans_plusplus_indices(x.double(), 7, torch.Generator().manual_seed(3))
+    assert len(set(picks)) == 7  # distinct rows, however many are duplicates
+    assert {tuple(row) for row in x[picks[:3]].tolist()} == {(0, 0), (5, 5), (9, 0)}
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,17 @@ def test_k_equal_n_with_duplicate_points_terminates():
         ({"chunk_size": 0}, None, "chunk_size must be a positive integer"),
         ({"tol": -1.0}, None, "tol must be a finite number"),
         ({"tol": "x"}, None, "tol must be a finite number"),
+        ({"tol": True}, None, "tol must be a finite number >= 0, got True"),
+        ({"tol": float("nan")}, None, "tol must be a finite number >= 0, got nan"),
+        ({"max_iter": 2.0}, None, "max_iter must be a non-negative integer, got 2.0"),
+        ({"max_iter": True}, None, "max_iter must be a non-negative integer, got True"),
+        ({"chunk_size": 2.5}, None, "chunk_size must be a non-negative integer, got 2.5"),
+        ({"n_components": True}, None, "n_components must be a positive integer, got True"),
+        ({"model": ["gmm"]}, None, "model must be a name in models.MODELS .* got list"),
+        ({"model_options": 5}, None, "model_options must be a dict .* got int"),
+        ({"guide": Delta}, None, "got the class Delta; use Delta\\(...\\)"),
+        ({"random_state": "x"}, None, "random_state must be None, an integer in 0..2\\*\\*32"),
+        ({"random_state": -1}, None, "random_state must be None, an integer in 0..2\\*\\*32"),
         ({"dtype": "float16"}, None, "dtype must be None, 'float32' or 'float64'"),
         ({"dtype": "banana"}, None, "dtype must be None"),
         ({"init": "kmeans"}, None, "init must be 'k-means\\+\\+', 'random' or an array"),
@@ -203,6 +214,48 @@ def test_predict_checks_its_input():
         est.predict(np.zeros((5, 3)))
     with pytest.raises(MixemError, match="NaN"):
         est.predict_proba(np.full((5, 4), np.nan))
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score", "score_samples"])
+@pytest.mark.parametrize(
+    ("model", "train", "bad", "match"),
+    [
+        ("bernoulli", "binary", "half", "bernoulli data: 5 rows have values other than 0 and 1"),
+        ("poisson", "counts", "negative", "poisson data: 5 rows have negative values"),
+        ("poisson", "counts", "half", "poisson data: 5 rows have non-integer values"),
+        ("restricted-gmm", "iris", "three", "X has 3 features, but MixtureEM is expecting 4"),
+        ("bernoulli", "binary", "three", "X has 3 features, but MixtureEM is expecting 4"),
+    ],
+)
+def test_prediction_makes_the_support_checks_of_fit(method, model, train, bad, match):
+    """Data outside the fitted model's support get fit's MixemError, not a torch error or a
+    number: prediction checks what fit checks."""
+    rng = np.random.default_rng(0)
+    data = {
+        "binary": (rng.random((60, 4)) < 0.3).astype(np.float64),
+        "counts": rng.poisson(3.0, size=(60, 4)).astype(np.float64),
+        "iris": iris(),
+        "half": np.full((5, 4), 0.5),
+        "negative": -np.ones((5, 4)),
+        "three": np.zeros((5, 3)),
+    }
+    est = MixtureEM(model=model, n_components=2, random_state=0).fit(data[train])
+    with pytest.raises(MixemError, match=match):
+        getattr(est, method)(data[bad])
+    if bad != "three":  # the same message as fit gives on the same rows
+        with pytest.raises(MixemError, match=match):
+            MixtureEM(model=model, n_components=2, random_state=0).fit(data[bad])
+
+
+def test_prediction_support_rows_are_counted_across_chunks():
+    rng = np.random.default_rng(1)
+    est = MixtureEM(model="poisson", n_components=2, chunk_size=4, random_state=0)
+    est.fit(rng.poisson(3.0, size=(40, 3)).astype(np.float64))
+    x = rng.poisson(3.0, size=(10, 3)).astype(np.float64)
+    x[6, 1] = -2.0
+    with pytest.raises(MixemError, match="counting rows from 4: data rows 4-7"):
+        est.score(x)
+    assert np.isfinite(est.score(np.abs(x)))  # the valid rows still score
 
 
 def test_readme_example_runs(capsys):
