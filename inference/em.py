@@ -204,8 +204,6 @@ def fit(
     )
     family_at = as_schedule(Delta() if guide is None else guide)
     n_total = check_rows(model, x, chunk_size, reducer)
-    if not (max_iter >= 0 and tol >= 0):  # NaN fails both
-        raise MixemError(f"max_iter and tol must be >= 0, got max_iter={max_iter}, tol={tol}")
     check_dtypes(model, x)
     do_m_step = choose_m_step(model, x, m_step, chunk_size, reducer)
     # the specialised path, chosen here once: an exponential-family model's E-step and M-step

@@ -23,7 +23,7 @@ from inference.distributed import LOCAL, Reducer
 from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params
 from inference.errors import MixemError
 from inference.guides import is_exact_for_trace_elbo, pyro_guide
-from inference.mstep_family import family_m_step
+from inference.mstep_family import family_m_step, lbfgs
 from inference.observed import fit_shift, model_form, row_statistics
 from inference.responsibilities import Responsibilities
 
@@ -227,14 +227,7 @@ def gradient_m_step(
         return float("nan")
     guide = pyro_guide(q, int(model.n_components))  # type: ignore[arg-type]
     elbo = Trace_ELBO() if is_exact_for_trace_elbo(q) else TraceEnum_ELBO(max_plate_nesting=1)
-    optimiser = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_steps,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-    )
+    optimiser = lbfgs(params, max_steps)
     if not isinstance(x, Tensor):
         raise MixemError("the gradient M-step needs the data in memory, not streamed from a file")
     n = int(reducer.sum(torch.tensor([x.shape[0]], device=x.device))[0])

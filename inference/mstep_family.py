@@ -14,6 +14,7 @@ model's unconstrained parameters, the form re-read from a trace of two rows each
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,6 +24,19 @@ from inference.errors import MixemError
 from inference.observed import model_form
 
 MAX_STEPS = 100
+
+
+def lbfgs(params: Sequence[Tensor], max_steps: int) -> torch.optim.LBFGS:
+    """The M-steps' optimiser: L-BFGS with a strong-Wolfe line search on a deterministic
+    objective, so it converges to the optimum rather than hovering around it."""
+    return torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=max_steps,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+    )
 
 
 def family_objective(
@@ -62,14 +76,7 @@ def family_m_step(
     n = float(stats["counts"].sum())
     if not params or n <= 0:
         return float("nan")
-    optimiser = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_steps,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-    )
+    optimiser = lbfgs(params, max_steps)
 
     def closure() -> Tensor:
         optimiser.zero_grad()

@@ -9,9 +9,10 @@ maximum, a min-reduction for its first position, and only the entries within 18 
 maximum (the rest add under half an ulp) packed and exponentiated together, 64 rows at a time
 (branch-free polynomials: Cephes' expf and logf, ~1 ulp).
 
-The library is built with the system C compiler into a per-user cache (``MIXEM_CACHE_DIR``,
-else ``$XDG_CACHE_HOME/mixem``, else ``~/.cache/mixem``), keyed by a hash of the source, the
-flags and the CPU's feature list, and loaded with ctypes; rows are split over torch's thread
+The library is built with the system C compiler into the per-user cache of
+``inference.kernels.build`` (created 0700; a directory or library another user could have
+written is never loaded), keyed by a hash of the source, the compiler, the flags and the CPU's
+feature list, and loaded with ctypes; rows are split over torch's thread
 count (ctypes releases the GIL). Without a compiler, or with ``MIXEM_NATIVE=0``, ``available()``
 is False and ``inference.reductions`` uses torch for everything; both paths are tested to agree.
 Only float32 CPU tables with contiguous rows go through C.
@@ -21,12 +22,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
@@ -36,56 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from inference.kernels import build
+
 SOURCE_FILE = Path(__file__).parent / "rowreduce.c"
 
 ROWS = 64  # rows per group in the C loop (its buffer holds ROWS x K floats)
-FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
-
-
-def _cpu_flags() -> str:
-    """The CPU's feature list (x86 ``flags`` / arm ``Features``), part of the cache key."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("MIXEM_CACHE_DIR"):
-        return Path(os.environ["MIXEM_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mixem"
-
-
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-
-
-def _build(compiler: str) -> Path:
-    """Compile ``rowreduce.c`` into the cache (atomically: concurrent first uses each rename a whole
-    file into place) and return the library's path."""
-    flags = [*FLAGS, "-march=native"] if platform.machine() in ("x86_64", "AMD64") else FLAGS
-    code = SOURCE_FILE.read_text()
-    key = hashlib.sha256("\n".join([code, compiler, *flags, _cpu_flags()]).encode())
-    target = _cache_dir() / f"rowreduce-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        source = Path(work) / "rowreduce.c"
-        source.write_text(code)
-        built = Path(work) / "rowreduce.so"
-        subprocess.run(
-            [compiler, *flags, str(source), "-o", str(built), "-lm"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        os.replace(built, target)
-    return target
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,11 +45,8 @@ def _library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (disabled, no compiler, or the build failed)."""
     if os.environ.get("MIXEM_NATIVE", "1") == "0":
         return None
-    compiler = _compiler()
-    if compiler is None:
-        return None
-    try:  # OSError also covers a missing rowreduce.c or an unwritable cache
-        lib = ctypes.CDLL(str(_build(compiler)))
+    try:  # OSError: no compiler, a missing rowreduce.c, an unwritable cache
+        lib = build.load(SOURCE_FILE, "rowreduce", build.native_flags())
     except (OSError, subprocess.SubprocessError):
         return None
     sizes: list[Any] = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]

@@ -258,3 +258,22 @@ def test_the_output_buffers_are_written_and_returned(impl, mode):
         impl(*args, labels_out=labels[:10])
     with pytest.raises(ValueError, match="point_fit_out"):
         impl(*args, point_fit_out=fit.double())
+
+
+def test_the_row_reductions_library_uses_the_same_private_cache(tmp_path):
+    # inference.native's C loops are built through build.load: a shared, writable cache
+    # directory is refused for them as for the pass (a fresh interpreter, a fresh cache path)
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)
+    env = {**os.environ, "MIXEM_CACHE_DIR": str(cache), "MIXEM_NATIVE": "1"}
+    code = "from inference import native; print(native.available())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if build.compiler() is None:
+        pytest.skip("no C compiler")
+    assert out.stdout.strip() == "True"  # built in a private temporary directory instead
+    assert list(cache.iterdir()) == []  # nothing written into the shared directory

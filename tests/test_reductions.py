@@ -19,6 +19,7 @@ from conftest import without_native
 from inference import native, reductions
 from inference.em import e_step
 from inference.guides import Categorical, Delta, Sampled
+from inference.kernels import build
 from models import RestrictedGMM
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler here")
@@ -144,7 +145,7 @@ def test_a_summary_reads_the_table_as_it_is_now():
 
 
 @pytest.mark.skipif(
-    native._compiler() is None or os.environ.get("MIXEM_NATIVE") == "0",
+    build.compiler() is None or os.environ.get("MIXEM_NATIVE") == "0",
     reason="no C compiler here, or the C kernels are switched off",
 )
 def test_the_c_kernels_build_wherever_there_is_a_compiler():
