@@ -24,7 +24,7 @@ from torch import Tensor
 from inference.checks import check_allocation
 from inference.distributed import LOCAL, Reducer
 from inference.errors import MixemError
-from inference.kernels import run_pass
+from inference.kernels import run_codes_pass, run_pass
 from inference.observed import ModelForm, fit_shift, model_form, row_statistics
 from inference.responsibilities import Responsibilities
 from inference.state import EStep
@@ -35,7 +35,8 @@ Stats = dict[str, Tensor]
 class FusedData(NamedTuple):
     """What a fit computes once from the data (N rows, F statistics).
 
-    t: (N, F) T(x), or ``x`` itself when T(x) = x - kernel_shift (no copy of the data).
+    t: (N, F) T(x), or ``x`` itself when T(x) = x - kernel_shift (no copy of the data), or
+        the (N, D) int32 codes when T(x) is their one-hot (``ExpFamForm.codes_of``).
     kernel_shift: (F,) subtracted from each row of ``t`` inside the kernel, or None.
     base: (N,) log h(x).
     probe_base: (2,) log h of the first two rows, computed as ``current_form`` checks it.
@@ -77,6 +78,16 @@ def prepare(model: Any, x: Tensor, chunk_size: int) -> FusedData | None:
     n = len(x)
     if form.linear:  # T(x) = x - shift: the kernel subtracts it per block, no (N, D) copy
         t, kernel_shift = x.contiguous(), shift
+    elif form.codes_of is not None:  # one-hot codes: the kernel reads the codes (N, D) int32
+        width = int(form.codes_of(x[:1]).shape[1])
+        check_allocation(
+            (n, width),
+            torch.int32,
+            f"the {form.family} family's codes",
+            "fit a sample of the rows, or stream them from a .npy file (--stream)",
+        )
+        t = _by_chunks(form.codes_of, x, (width,), chunk_size, torch.int32)
+        kernel_shift = None
     else:
         width = int(form.natural.shape[1])
         check_allocation(
@@ -103,11 +114,15 @@ def prepare(model: Any, x: Tensor, chunk_size: int) -> FusedData | None:
 
 
 def _by_chunks(
-    function: Callable[[Tensor], Tensor], x: Tensor, width: tuple[int, ...], chunk_size: int
+    function: Callable[[Tensor], Tensor],
+    x: Tensor,
+    width: tuple[int, ...],
+    chunk_size: int,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """(N, *width) ``function`` of ``x`` (N, D), computed by chunks of rows into one tensor
-    (a list of chunks and their concatenation would hold it twice)."""
-    out = x.new_empty(len(x), *width)
+    """(N, *width) ``function`` of ``x`` (N, D) (x's dtype, or ``dtype``), computed by chunks
+    of rows into one tensor (a list of chunks and their concatenation would hold it twice)."""
+    out = x.new_empty(len(x), *width, dtype=dtype)
     for start in range(0, len(x), chunk_size):
         out[start : start + chunk_size] = function(x[start : start + chunk_size])
     return out
@@ -164,19 +179,19 @@ def e_step(
             )
         q_out = old if fits else data.x.new_empty(n, K)
     bias, constant = found.split_bias()
+    options: dict[str, Any] = {
+        "mode": mode,
+        "temperature": temperature,
+        "q_out": q_out,
+        "labels_out": data.labels[1] if _holds(previous, data.labels[0]) else data.labels[0],
+        "point_fit_out": data.point_fit,
+    }
+    natural, bias = form.natural.detach(), bias.detach()
     with torch.no_grad():
-        result = run_pass(
-            data.t,
-            form.natural.detach(),
-            bias.detach(),
-            data.base,
-            data.kernel_shift,
-            mode=mode,
-            temperature=temperature,
-            q_out=q_out,
-            labels_out=data.labels[1] if _holds(previous, data.labels[0]) else data.labels[0],
-            point_fit_out=data.point_fit,
-        )
+        if form.codes_of is not None:  # data.t: the codes (see prepare)
+            result = run_codes_pass(data.t, natural, bias, data.base, **options)
+        else:
+            result = run_pass(data.t, natural, bias, data.base, data.kernel_shift, **options)
         dtype = data.x.dtype
         local: Stats = {
             "counts": result.counts,

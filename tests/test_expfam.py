@@ -312,6 +312,14 @@ def test_table_equals_log_prob(name):
     if form.linear:  # T(x) is the data less the shift: a kernel may read x directly
         rows = x.reshape(N, -1) - (0 if form.shift is None else form.shift)
         torch.testing.assert_close(form.statistic(x), rows, rtol=0, atol=0)
+    # only the categorical's statistics are one-hot codes; T is their one-hot exactly
+    assert (form.codes_of is not None) == (family == "categorical")
+    if form.codes_of is not None:
+        codes = form.codes_of(x)
+        assert codes.dtype == torch.int32 and codes.shape[0] == N
+        C_ = width // codes.shape[1]
+        hot = one_hot(codes.long(), C_).reshape(N, width).to(form.natural)
+        assert torch.equal(form.statistic(x), hot)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.kernels import build, native_pass, reference, run_pass
+from inference.kernels import build, native_pass, reference, run_codes_pass, run_pass
 
 NATIVE = native_pass.available(torch.float32) and native_pass.available(torch.float64)
 needs_c = pytest.mark.skipif(not NATIVE, reason="no C compiler or scipy: the C pass is not built")
@@ -188,6 +188,155 @@ def test_dispatch_and_the_switch(monkeypatch):
     assert torch.equal(run_pass(*args).labels, expected.labels)
     with pytest.raises(ValueError, match="shape"):
         run_pass(args[0], args[1], args[2][:2])
+
+
+# --- the codes pass: one-hot statistics from their codes -------------------------------------
+
+
+def codes_problem(N, D, C, K, dtype, seed=0, base=True):
+    """Codes (N, D) int32, log-probabilities (K, D C) (one category never seen: the floor of
+    an impossible one), bias, base, and the dense one-hot statistics (N, D C)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, C, (N, D), generator=g, dtype=torch.int32)
+    logits = torch.randn(K, D, C, generator=g, dtype=torch.float64) * 2
+    eta = torch.log_softmax(logits, -1).reshape(K, D * C)
+    eta[0, 0] = torch.finfo(dtype).min / (D * C + 1)
+    bias = torch.randn(K, generator=g, dtype=torch.float64)
+    h = torch.randn(N, generator=g, dtype=torch.float64) if base else None
+    t = torch.nn.functional.one_hot(codes.long(), C).reshape(N, D * C)
+    return codes, *[None if x is None else x.to(dtype).contiguous() for x in (eta, bias, h, t)]
+
+
+CODES_IMPLS = [
+    pytest.param(reference.run_codes_pass, reference.run_pass, id="torch"),
+    pytest.param(native_pass.run_codes_pass, native_pass.run_pass, id="c", marks=needs_c),
+]
+
+
+def run_codes(impl, codes, eta, bias, h, mode, temperature, **kw):
+    q = (
+        torch.full((codes.shape[0], eta.shape[0]), -1.0, dtype=eta.dtype)
+        if mode == "soft"
+        else None
+    )
+    return impl(codes, eta, bias, h, mode=mode, temperature=temperature, q_out=q, **kw), q
+
+
+@pytest.mark.parametrize(("codes_impl", "dense_impl"), CODES_IMPLS)
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+@pytest.mark.parametrize(("N", "D", "C", "K"), [(5003, 3, 4, 7), (1, 1, 1, 1), (300, 2, 5, 37)])
+def test_the_codes_pass_equals_the_dense_pass_of_the_one_hot_float64(
+    codes_impl, dense_impl, mode, temperature, N, D, C, K
+):
+    codes, eta, bias, h, t = codes_problem(N, D, C, K, torch.float64)
+    got, q = run_codes(codes_impl, codes, eta, bias, h, mode, temperature)
+    labels, fit, counts, sum_t, elbo, lse, q_true = plain(t, eta, bias, h, None, mode, temperature)
+    close = {"rtol": 1e-12, "atol": 1e-12}
+    assert torch.equal(got.labels, labels)
+    torch.testing.assert_close(got.point_fit, fit, **close)
+    torch.testing.assert_close(got.counts, counts, rtol=1e-12, atol=1e-12 * N)
+    torch.testing.assert_close(got.sum_t, sum_t, rtol=1e-12, atol=1e-12 * N)
+    assert got.elbo == pytest.approx(elbo, rel=1e-12, abs=1e-12 * N)
+    assert got.log_evidence == pytest.approx(lse, rel=1e-12, abs=1e-12 * N)
+    assert got.n_changed == N
+    if mode == "soft":
+        torch.testing.assert_close(q, q_true, rtol=1e-12, atol=1e-15)
+    dense, _ = run(dense_impl, (t, eta, bias, h, None), mode, temperature)
+    assert torch.equal(got.labels, dense.labels)
+
+
+@pytest.mark.parametrize(("codes_impl", "dense_impl"), CODES_IMPLS)
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+def test_the_codes_pass_equals_the_dense_pass_of_the_one_hot_float32(
+    codes_impl, dense_impl, mode, temperature
+):
+    N, D, C, K = 3001, 6, 4, 20
+    codes, eta, bias, h, t = codes_problem(N, D, C, K, torch.float32)
+    got, q = run_codes(codes_impl, codes, eta, bias, h, mode, temperature)
+    want, q_want = run(dense_impl, (t, eta, bias, h, None), mode, temperature)
+    S = t.double() @ eta.double().T + bias.double() + h.double()[:, None]
+    top2 = S.topk(2, 1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4 * top2[:, 0].abs().clamp(min=1)
+    assert torch.equal(got.labels[clear], want.labels[clear])
+    eps = torch.finfo(torch.float32).eps
+    scale = S.abs().max(1).values.float()
+    assert ((got.point_fit - want.point_fit).abs() <= 8 * eps * scale).all()
+    magnitude = float(S.abs().sum())
+    assert abs(got.elbo - want.elbo) <= 8 * eps * magnitude
+    assert abs(got.log_evidence - want.log_evidence) <= 8 * eps * magnitude
+    tol = 8 * eps * N
+    torch.testing.assert_close(got.counts, want.counts, rtol=0, atol=tol)
+    torch.testing.assert_close(got.sum_t, want.sum_t, rtol=0, atol=tol)
+    if mode == "soft":
+        torch.testing.assert_close(q, q_want, rtol=0, atol=16 * eps)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+def test_the_codes_pass_gives_bit_identical_results_for_any_thread_count(dtype, mode, temperature):
+    codes, eta, bias, h, _ = codes_problem(40_000, 3, 4, 9, dtype)
+    args = (codes, eta, bias, h, mode, temperature)
+    results = [run_codes(native_pass.run_codes_pass, *args, threads=n) for n in (1, 2, 3, 2)]
+    (first, q1), rest = results[0], results[1:]
+    for other, q in rest:
+        for a, b in zip(first, other, strict=True):
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+        if q1 is not None:
+            assert torch.equal(q1, q)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(("-DMIXEM_PORTABLE",), id="portable"),
+        pytest.param(
+            ("-mno-avx512f",),
+            id="avx2",
+            marks=pytest.mark.skipif("avx2" not in build._cpu_flags(), reason="no AVX2"),
+        ),
+    ],
+)
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+def test_the_codes_pass_simd_paths_and_plain_loops_agree(monkeypatch, extra, mode, temperature):
+    codes, eta, bias, h, _ = codes_problem(3001, 5, 3, 37, torch.float32)
+    fast, q_fast = run_codes(native_pass.run_codes_pass, codes, eta, bias, h, mode, temperature)
+    library = native_pass._library
+    monkeypatch.setattr(native_pass, "_library", lambda suffix: library(suffix, extra))
+    slow, q_slow = run_codes(native_pass.run_codes_pass, codes, eta, bias, h, mode, temperature)
+    eps = torch.finfo(torch.float32).eps
+    assert (fast.labels != slow.labels).float().mean() < 1e-3
+    torch.testing.assert_close(fast.sum_t, slow.sum_t, rtol=0, atol=8 * eps * 3001)
+    assert fast.elbo == pytest.approx(slow.elbo, rel=1e-5)
+    if mode == "soft":
+        torch.testing.assert_close(q_fast, q_slow, rtol=0, atol=16 * eps)
+
+
+@pytest.mark.parametrize(("codes_impl", "dense_impl"), CODES_IMPLS)
+def test_the_codes_pass_checks_its_codes_and_counts_changes(codes_impl, dense_impl):
+    codes, eta, bias, h, _ = codes_problem(500, 2, 3, 4, torch.float64)
+    first = codes_impl(codes, eta, bias, h)
+    old = first.labels.clone()
+    old[:5] = (old[:5] + 1) % 4
+    again = codes_impl(codes, eta, bias, h, old_labels=old, log_evidence=False)
+    assert again.n_changed == 5 and math.isnan(again.log_evidence)
+    bad = codes.clone()
+    bad[7, 1] = 3
+    with pytest.raises(ValueError, match=r"0\.\.2"):
+        codes_impl(bad, eta, bias, h)
+    with pytest.raises(ValueError, match="int32"):
+        codes_impl(codes.long(), eta, bias, h)
+    with pytest.raises(ValueError, match="per feature"):
+        codes_impl(codes, eta[:, :5], bias, h)
+
+
+def test_the_codes_dispatch_and_the_switch(monkeypatch):
+    codes, eta, bias, h, _ = codes_problem(100, 2, 3, 4, torch.float64)
+    expected = reference.run_codes_pass(codes, eta, bias, h)
+    assert torch.equal(run_codes_pass(codes, eta, bias, h).labels, expected.labels)
+    monkeypatch.setenv("MIXEM_NATIVE", "0")
+    assert torch.equal(run_codes_pass(codes, eta, bias, h).labels, expected.labels)
 
 
 # --- the cache of compiled libraries -------------------------------------------------------

@@ -96,7 +96,9 @@ def poisson(leaf: Leaf, shift: Tensor | None) -> ExpFamForm | None:
 
 def categorical(leaf: Leaf, shift: Tensor | None) -> ExpFamForm | None:
     """Categorical codes per feature (n, D) in 0..C-1: T = one-hot flattened (n, D*C),
-    eta = the normalised log-probabilities (K, D*C), A = 0 (torch keeps them normalised)."""
+    eta = the normalised log-probabilities (K, D*C), A = 0 (torch keeps them normalised).
+    The form's ``codes_of`` gives the codes (n, D) int32 (the model validated them), which
+    the fused pass reads instead of T."""
     logits = _logits(leaf, leaf.dist, 1, binary=False)
     if logits is None:
         return None
@@ -120,6 +122,7 @@ def categorical(leaf: Leaf, shift: Tensor | None) -> ExpFamForm | None:
         logits.new_zeros(K),
         prepare=lambda x: x.reshape(x.shape[0], -1).long(),
         base=lambda codes: logits.new_zeros(codes.shape[0]),
+        codes_of=lambda x: x.reshape(x.shape[0], -1).to(torch.int32),
     )
 
 

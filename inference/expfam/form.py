@@ -33,6 +33,9 @@ class ExpFamForm(NamedTuple):
     moments: sum_T (K, F) = sum_i q_ic T(x_i) -> the named sums an M-step reads.
     linear: T(x) is x itself less ``shift`` (when there is one), so a kernel may read the data
         (n, D) directly instead of a copy of T(x).
+    codes_of: for statistics that are one-hot codes (categorical): x (n, D) -> (n, D) int32
+        codes in 0..C-1 with statistic(x)[i, d C + codes[i, d]] = 1 and 0 elsewhere (F = D C),
+        so a kernel may read the codes instead of T(x); None for every other family.
     """
 
     family: str
@@ -43,6 +46,7 @@ class ExpFamForm(NamedTuple):
     base_log_measure: Callable[[Tensor], Tensor]
     moments: Callable[[Tensor], dict[str, Tensor]]
     linear: bool = False
+    codes_of: Callable[[Tensor], Tensor] | None = None
 
 
 class Leaf(NamedTuple):
@@ -155,11 +159,13 @@ def assemble(
     prepare: Callable[[Tensor], Tensor],
     base: Callable[[Tensor], Tensor],
     shift: Tensor | None = None,
+    codes_of: Callable[[Tensor], Tensor] | None = None,
 ) -> ExpFamForm:
     """The form of ``parts`` with ``log_normaliser`` (K,).
 
     prepare: x (n, D) -> y, what each part's statistic reads (cast, "- r", codes).
     base: y -> (n,) the family's own log h, before folded parts are added.
+    codes_of: see ``ExpFamForm``; the parts' statistics must be that one-hot.
     """
     kept = [p for p in parts if not p.fold]
     folded = [p for p in parts if p.fold]
@@ -193,5 +199,13 @@ def assemble(
 
     linear = len(kept) == 1 and kept[0].statistic is identity
     return ExpFamForm(
-        family, natural, log_normaliser, shift, statistic, base_log_measure, moments, linear
+        family,
+        natural,
+        log_normaliser,
+        shift,
+        statistic,
+        base_log_measure,
+        moments,
+        linear,
+        codes_of if kept and not folded else None,
     )

@@ -16,6 +16,10 @@ The log evidence is sum_i logsumexp_c S_ic (of S, not S / temperature). Sums are
 do not depend on the thread count. Rows with a NaN or an infinite maximum do not fail: their
 NaN reaches the ELBO (the caller checks that it is finite).
 
+``run_codes_pass`` is the same pass for statistics that are the one-hot of integer codes
+(categorical data, T (N, D C)) from the codes (N, D) themselves: a row's table is a sum of D
+gathered rows of eta^T, its sums a scatter-add, no product and no T in memory.
+
 The C kernel (``native_pass``) runs when it can (CPU, float32/float64, contiguous, a C compiler
 and scipy present, ``MIXEM_NATIVE`` not "0"); otherwise the torch reference (``reference``),
 with the same semantics.
@@ -28,7 +32,7 @@ from torch import Tensor
 from inference.kernels import native_pass, reference
 from inference.kernels.common import PassResult
 
-__all__ = ["PassResult", "native_available", "run_pass"]
+__all__ = ["PassResult", "native_available", "run_codes_pass", "run_pass"]
 
 
 def native_available() -> bool:
@@ -81,6 +85,51 @@ def run_pass(
         run = reference.run_pass
     return run(
         *args,
+        mode=mode,
+        temperature=temperature,
+        old_labels=old_labels,
+        q_out=q_out,
+        log_evidence=log_evidence,
+        threads=threads,
+        labels_out=labels_out,
+        point_fit_out=point_fit_out,
+    )
+
+
+def run_codes_pass(
+    codes: Tensor,
+    natural: Tensor,
+    bias: Tensor,
+    base: Tensor | None = None,
+    *,
+    mode: str = "hard",
+    temperature: float = 1.0,
+    old_labels: Tensor | None = None,
+    q_out: Tensor | None = None,
+    log_evidence: bool = True,
+    threads: int | None = None,
+    labels_out: Tensor | None = None,
+    point_fit_out: Tensor | None = None,
+) -> PassResult:
+    """``run_pass`` of t = the one-hot of ``codes`` flattened (N, D C), from the codes: t[i,
+    d C + codes[i, d]] = 1, else 0 (no shift).
+
+    Args:
+        codes: (N, D) int32, each in 0..C-1 (checked).
+        natural: (K, D C) natural parameters, float32 or float64; bias, base and the other
+            arguments as ``run_pass``'s, of natural's dtype.
+
+    Returns:
+        PassResult as ``run_pass``'s, sum_t (K, D C) the sums of the one-hot rows.
+    """
+    run = native_pass.run_codes_pass
+    if not native_pass.handles(natural, codes, bias, base, old_labels, q_out):
+        run = reference.run_codes_pass
+    return run(
+        codes,
+        natural,
+        bias,
+        base,
         mode=mode,
         temperature=temperature,
         old_labels=old_labels,

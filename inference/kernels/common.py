@@ -96,3 +96,36 @@ def check_outputs(t: Tensor, labels_out: Tensor | None, point_fit_out: Tensor | 
             raise ValueError(f"{name} must be a ({N},) {dtype} tensor on {t.device}")
         if not tensor.is_contiguous() or tensor.requires_grad:
             raise ValueError(f"{name} must be contiguous and not require grad")
+
+
+def check_codes(
+    codes: Tensor,
+    natural: Tensor,
+    bias: Tensor,
+    base: Tensor | None,
+    mode: str,
+    temperature: float,
+    old_labels: Tensor | None,
+    q_out: Tensor | None,
+) -> Tensor:
+    """Raise ValueError unless the codes pass's arguments fit together (see
+    ``run_codes_pass``): codes (N, D) int32 in 0..C-1, natural (K, D C). Returns a stand-in
+    for the one-hot statistics (N, D C) of natural's dtype (a view of one element, no data)
+    for ``check`` and ``check_outputs``."""
+    if codes.dim() != 2 or codes.dtype != torch.int32 or natural.dim() != 2:
+        raise ValueError(
+            f"codes (N, D) int32 and natural (K, D C): got {tuple(codes.shape)} {codes.dtype}, "
+            f"{tuple(natural.shape)}"
+        )
+    (N, D), F = codes.shape, natural.shape[1]
+    if D < 1 or F < D or F % D:
+        raise ValueError(f"natural's {F} columns are not C >= 1 per feature of codes' {D}")
+    if codes.device != natural.device:
+        raise ValueError(f"codes on {codes.device}, natural on {natural.device}")
+    if codes.numel():
+        low, high = torch.aminmax(codes)
+        if int(low) < 0 or int(high) >= F // D:
+            raise ValueError(f"codes must lie in 0..{F // D - 1}, not {int(low)}..{int(high)}")
+    like = natural.new_zeros(()).expand(N, F)
+    check(like, natural, bias, base, None, mode, temperature, old_labels, q_out)
+    return like

@@ -31,7 +31,14 @@ import torch
 from torch import Tensor
 
 from inference.kernels import build
-from inference.kernels.common import PassResult, block_rows, check, check_outputs, super_rows
+from inference.kernels.common import (
+    PassResult,
+    block_rows,
+    check,
+    check_codes,
+    check_outputs,
+    super_rows,
+)
 
 SOURCE = Path(__file__).parent / "pass.c"
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
@@ -42,16 +49,20 @@ def _library(suffix: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """The compiled pass for one dtype ("f32" / "f64"), or None when it cannot be built;
     ``extra`` flags (the tests: ``-DMIXEM_PORTABLE``, the plain loops without intrinsics)."""
     flags = build.native_flags() + (["-DMIXEM_DOUBLE"] if suffix == "f64" else []) + [*extra]
-    symbol = f"mixem_run_{suffix}"
+    symbols = [f"mixem_run_{suffix}", f"mixem_codes_{suffix}"]
     try:
-        lib = build.load(SOURCE, f"pass_{suffix}", flags, [symbol])
+        lib = build.load(SOURCE, f"pass_{suffix}", flags, symbols)
     except (OSError, subprocess.SubprocessError):
         return None
-    function = getattr(lib, symbol)
     pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    function.argtypes = [pointer, *[size] * 6, *[pointer] * 4, flag, ctypes.c_double]
-    function.argtypes += [pointer, pointer, flag, size, *[pointer] * 5]
-    function.restype = ctypes.c_int
+    run = getattr(lib, symbols[0])
+    run.argtypes = [pointer, *[size] * 6, *[pointer] * 4, flag, ctypes.c_double]
+    run.argtypes += [pointer, pointer, flag, size, *[pointer] * 5, pointer, size]
+    codes = getattr(lib, symbols[1])  # (codes, C, n, ...): mixem_run without t and shift
+    codes.argtypes = [pointer, *[size] * 7, *[pointer] * 3, flag, ctypes.c_double]
+    codes.argtypes += [pointer, pointer, flag, size, *[pointer] * 5]
+    for function in (run, codes):
+        function.restype = ctypes.c_int
     return lib
 
 
@@ -148,23 +159,71 @@ def run_pass(
     check(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
     check_outputs(t, labels_out, point_fit_out)
     assert handles(t, natural, bias, base, shift, old_labels, q_out)
+    head = [t.data_ptr()]
+    pointers = [_address(x) for x in (natural, bias, base, shift)]
+    outputs = (old_labels, q_out, labels_out, point_fit_out)
+    options = (mode, temperature, log_evidence, threads)
+    return _launch("run", head, pointers, [None, 0], t, natural.shape[0], outputs, options)
+
+
+def run_codes_pass(
+    codes: Tensor,
+    natural: Tensor,
+    bias: Tensor,
+    base: Tensor | None = None,
+    *,
+    mode: str = "hard",
+    temperature: float = 1.0,
+    old_labels: Tensor | None = None,
+    q_out: Tensor | None = None,
+    log_evidence: bool = True,
+    threads: int | None = None,
+    labels_out: Tensor | None = None,
+    point_fit_out: Tensor | None = None,
+) -> PassResult:
+    """The C codes pass; the arguments and the result as ``inference.kernels.run_codes_pass``
+    (codes (N, D) int32 in 0..C-1, natural (K, D C)); codes and every other tensor must
+    satisfy ``handles`` (codes with natural's dtype for the dtype check)."""
+    like = check_codes(codes, natural, bias, base, mode, temperature, old_labels, q_out)
+    check_outputs(like, labels_out, point_fit_out)
+    assert handles(natural, codes, bias, base, old_labels, q_out)
+    etat = natural.T.contiguous()  # (D C, K): a row's table adds D rows of it
+    head = [codes.data_ptr(), natural.shape[1] // codes.shape[1]]
+    pointers = [etat.data_ptr(), bias.data_ptr(), _address(base)]
+    outputs = (old_labels, q_out, labels_out, point_fit_out)
+    options = (mode, temperature, log_evidence, threads)
+    return _launch("codes", head, pointers, [], like, natural.shape[0], outputs, options)
+
+
+def _launch(
+    kind: str,
+    head: list[Any],
+    pointers: list[Any],
+    tail: list[Any],
+    t: Tensor,
+    K: int,
+    outputs: tuple[Tensor | None, ...],
+    options: tuple[str, float, bool, int | None],
+) -> PassResult:
+    """Call ``mixem_{kind}`` (run: the dense pass, codes: the codes pass) over the super-blocks
+    of t's (N, F) rows, on ``threads`` threads, and add their partial sums in order."""
+    old_labels, q_out, labels_out, point_fit_out = outputs
+    mode, temperature, log_evidence, threads = options
     lib = _library(DTYPES[t.dtype])
     assert lib is not None
-    function = getattr(lib, f"mixem_run_{DTYPES[t.dtype]}")
+    function = getattr(lib, f"mixem_{kind}_{DTYPES[t.dtype]}")
     gemm = _gemm("sgemm" if t.dtype == torch.float32 else "dgemm")
     dgemm = _gemm("dgemm")
     N, F = t.shape
-    K = natural.shape[0]
     itemsize = t.element_size()
     block, rows = block_rows(K, itemsize), super_rows(N, F, K, itemsize)
     count = -(-N // rows)  # super-blocks
     labels = torch.empty(N, dtype=torch.int64) if labels_out is None else labels_out
     point_fit = torch.empty(N, dtype=t.dtype) if point_fit_out is None else point_fit_out
     partials = np.zeros((max(1, count), K + K * F + 3))
-    before = [t.data_ptr(), N, rows]
-    pointers = [_address(x) for x in (natural, bias, base, shift)]
+    before = [*head, N, rows]
     after = [_address(old_labels), _address(q_out), int(log_evidence), block, gemm, dgemm]
-    after += [labels.data_ptr(), point_fit.data_ptr(), partials.ctypes.data]
+    after += [labels.data_ptr(), point_fit.data_ptr(), partials.ctypes.data, *tail]
     mid = [F, K, *pointers, int(mode == "soft"), float(temperature)]
 
     def call(span: tuple[int, int]) -> int:
@@ -173,7 +232,7 @@ def run_pass(
     workers = max(1, min(threads or torch.get_num_threads(), count))
     # each thread a contiguous range of super-blocks, one C call (its loop over them)
     spans = [(count * w // workers, count * (w + 1) // workers) for w in range(workers)]
-    with _one_blas_thread(block * K * F):
+    with _one_blas_thread(block * K * F if kind == "run" else 0):
         if workers == 1:
             failed = call(spans[0]) if count else 0
         else:

@@ -303,6 +303,35 @@ static inline int64_t group_soft(real *V, int64_t R, int64_t K, int64_t r0, cons
 }
 #endif
 
+#ifdef MIXEM_SIMD
+/* The soft sums of a block of codes (x: R x D) from its q (q_rc at Q[r rs + c cs]): in float
+   over the block, acc (F, K) += q_r at row d C + x_rd, then into sum_t (K, F) and counts in
+   double (as soft_sums: a float sum per block). */
+static void codes_soft_sums(const float *Q, int64_t rs, int64_t cs, int64_t R, int64_t K,
+                            const int32_t *x, int64_t D, int64_t C, float *acc, double *sum_t,
+                            double *counts) {
+    int64_t F = D * C;
+    memset(acc, 0, sizeof(float) * (F + 1) * K);
+    float *mass = acc + F * K;
+    for (int64_t r = 0; r < R; r++) {
+        const float *q = Q + r * rs;
+        const int32_t *xr = x + r * D;
+#pragma omp simd
+        for (int64_t c = 0; c < K; c++) mass[c] += q[c * cs];
+        for (int64_t d = 0; d < D; d++) {
+            float *a = acc + (d * C + xr[d]) * K;
+#pragma omp simd
+            for (int64_t c = 0; c < K; c++) a[c] += q[c * cs];
+        }
+    }
+    for (int64_t c = 0; c < K; c++) {
+        double *dst = sum_t + c * F;
+        for (int64_t j = 0; j < F; j++) dst[j] += acc[j * K + c];
+        counts[c] += mass[c];
+    }
+}
+#endif
+
 /* A block's table is column-major, V[c * R + r] for its R rows: every loop below runs down a
    column, over R contiguous rows at once (vectorised for any K, even K = 2). */
 
@@ -373,21 +402,57 @@ static void first_max(real *V, int64_t R, int64_t K, int64_t start, const real *
 #endif
 
 typedef struct {
-    real *V, *top, *zeros, *logs, *centred, *xt, *qf, *xf, *cf;
+    real *V, *top, *zeros, *logs, *centred, *xt, *qf, *xf, *cf, *tile;
     int32_t *arg;
     int *odd;
     double *tot, *qd, *xd, *fit, *shifted, *mass;
 } buffers;
 
+/* Codes (C > 0): the statistics are the one-hot of codes (n, D) in 0..C-1, F = D C, t unused
+   and eta given transposed, eta^T (F, K). Row r's table is the sum of D contiguous K-vectors
+   eta^T[d C + x_rd], built 16 rows at a time into a row-major tile, then written into V's
+   columns; its sums add q_r at the columns d C + x_rd (a scatter, no product). */
+static void codes_table(const int32_t *x, int64_t D, int64_t C, const real *etat, int64_t R,
+                        int64_t K, real *tile, real *V) {
+    for (int64_t r0 = 0; r0 < R; r0 += 16) {
+        int64_t n = R - r0 < 16 ? R - r0 : 16;
+        for (int64_t l = 0; l < n; l++) {
+            const int32_t *xr = x + (r0 + l) * D;
+            real *row = tile + l * K;
+            int64_t c = 0;
+#ifdef MIXEM_SIMD
+            for (; c + W <= K; c += W) { /* W components in a register, over the D features */
+                vf a = VLOAD(etat + (int64_t)xr[0] * K + c);
+                for (int64_t d = 1; d < D; d++) a = VADD(a, VLOAD(etat + (d * C + xr[d]) * K + c));
+                VSTORE(row + c, a);
+            }
+#endif
+            for (; c < K; c++) { /* (the same sums, in the same order) */
+                real a = etat[(int64_t)xr[0] * K + c];
+                for (int64_t d = 1; d < D; d++) a += etat[(d * C + xr[d]) * K + c];
+                row[c] = a;
+            }
+        }
+        int64_t c0 = 0;
+#if defined(MIXEM_SIMD) && defined(__AVX512F__)
+        static const float ones[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        if (n == 16)
+            for (; c0 + 16 <= K; c0 += 16) transpose16(tile + c0, K, V + c0 * R + r0, R, ones);
+#endif
+        for (int64_t c = c0; c < K; c++)
+            for (int64_t l = 0; l < n; l++) V[c * R + r0 + l] = tile[l * K + c];
+    }
+}
+
 /* The pass over rows first..stop-1 of t (n, F) (absolute row numbers in t, base, old_labels,
    q_out, labels, point_fit); partial = [counts (K), sum_t (K, F), elbo, lse, changed] in
-   double, added to. old_labels, q_out, base, shift may be NULL. Returns 0, or 1 when out of
-   memory. */
+   double, added to. old_labels, q_out, base, shift may be NULL; codes NULL but with C > 0 (see
+   codes_table). Returns 0, or 1 when out of memory. */
 int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                const real *eta, const real *bias, const real *base, const real *shift,
                int soft, double temperature, const int64_t *old_labels, real *q_out,
                int want_lse, int64_t block, void *gemm_ptr, void *dgemm_ptr, int64_t *labels,
-               real *point_fit, double *partial) {
+               real *point_fit, double *partial, const int32_t *codes, int64_t C) {
     gemm_t gemm = (gemm_t)gemm_ptr;
     dgemm_t dgemm = (dgemm_t)dgemm_ptr;
     double *counts = partial, *sum_t = partial + K, *scalars = partial + K + K * F;
@@ -395,7 +460,10 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
     buffers b = {0};
     b.V = malloc(sizeof(real) * (B * K + 4 * B));
     if (shift) b.centred = malloc(sizeof(real) * B * F);
-    if (F <= SMALL_F) b.xt = malloc(sizeof(real) * B * F);
+    int small = F <= SMALL_F && !codes;
+    int64_t D = codes ? F / C : 0;
+    if (small) b.xt = malloc(sizeof(real) * B * F);
+    if (codes) b.tile = malloc(sizeof(real) * 16 * K);
     b.arg = malloc(sizeof(int32_t) * B);
     b.odd = malloc(sizeof(int) * B);
     b.tot = malloc(sizeof(double) * 5 * B);
@@ -409,8 +477,9 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
     if (soft) b.qd = malloc(sizeof(double) * B * K), b.xd = malloc(sizeof(double) * B * F);
 #endif
     if (!b.V || !b.arg || !b.odd || !b.tot || (soft && (!b.qd || !b.xd)) ||
-        (shift && !b.centred) || (F <= SMALL_F && !b.xt)) {
-        free(b.xt), free(b.V), free(b.arg), free(b.odd), free(b.tot), FREE_Q(b), free(b.centred);
+        (shift && !b.centred) || (small && !b.xt) || (codes && !b.tile)) {
+        free(b.tile), free(b.xt), free(b.V), free(b.arg), free(b.odd), free(b.tot), FREE_Q(b);
+        free(b.centred);
         return 1;
     }
     b.top = b.V + B * K, b.zeros = b.top + B, b.logs = b.zeros + B;
@@ -432,7 +501,8 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
         const real *h = base ? base + i0 : b.zeros;
         /* the block's rows less the shift (location families: the GEMM then sees centred
            numbers, not the raw coordinates' cancelling products), while they are in cache */
-        const real *tb = t + i0 * F;
+        const real *tb = codes ? NULL : t + i0 * F;
+        const int32_t *xb = codes ? codes + i0 * D : NULL;
         if (shift) {
             for (int64_t r = 0; r < R; r++) {
                 const real *x = tb + r * F;
@@ -442,7 +512,9 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
             }
             tb = b.centred;
         }
-        if (F <= SMALL_F) { /* a few statistics: the product directly (a gemm call costs more) */
+        if (codes) {
+            codes_table(xb, D, C, eta, R, K, b.tile, V);
+        } else if (small) { /* a few statistics: the product directly (a gemm call costs more) */
             real *xt = b.xt; /* the block's columns, xt[j * R + r] */
             for (int64_t r = 0; r < R; r++)
                 for (int64_t j = 0; j < F; j++) xt[j * R + r] = tb[r * F + j];
@@ -488,6 +560,10 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                 elbo += top[r];
                 counts[c] += 1.0;
                 double *dst = sum_t + c * F;
+                if (codes) {
+                    for (int64_t d = 0; d < D; d++) dst[d * C + xb[r * D + d]] += 1.0;
+                    continue;
+                }
                 const real *x = tb + r * F;
 #pragma omp simd
                 for (int64_t j = 0; j < F; j++) dst[j] += (double)x[j];
@@ -556,28 +632,36 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                     for (int64_t c = c0; c < K; c++) Qr[r * K + c] = V[c * R + r] * scales[r];
             }
             if (q_out) stream_copy(q_out + i0 * K, Qr, R * K);
+            if (codes) {
+                codes_soft_sums(Qr, K, 1, R, K, xb, D, C, b.cf, sum_t, counts);
+                goto reduced;
+            }
             for (int64_t r = 0; r < R; r++) {
                 memcpy(X + r * P, tb + r * F, sizeof(real) * F);
                 for (int64_t j = F; j < P; j++) X[r * P + j] = 0;
             }
             soft_sums(Qr, R, K, X, P, F, sum_t, counts);
 #else
-            real *Q = V, *X = b.xf, *C = b.cf;
+            real *Q = V, *X = b.xf, *Cs = b.cf;
             for (int64_t c = 0; c < K; c++)
 #pragma omp simd
                 for (int64_t r = 0; r < R; r++) Q[c * R + r] *= scales[r];
             if (q_out)
                 for (int64_t r = 0; r < R; r++)
                     for (int64_t c = 0; c < K; c++) q_out[(i0 + r) * K + c] = Q[c * R + r];
+            if (codes) {
+                codes_soft_sums(Q, 1, R, R, K, xb, D, C, b.cf, sum_t, counts);
+                goto reduced;
+            }
             int f1 = f + 1;
             for (int64_t r = 0; r < R; r++) {
                 memcpy(X + r * f1, tb + r * F, sizeof(real) * F);
                 X[r * f1 + F] = 1;
             }
             /* column-major: [sum_t^T; counts] (F + 1, K) = [X_b, 1]^T (F + 1, R) . Q_b (R, K) */
-            gemm("N", "N", &f1, &m, &nr, &one, X, &f1, Q, &nr, &zero, C, &f1);
+            gemm("N", "N", &f1, &m, &nr, &one, X, &f1, Q, &nr, &zero, Cs, &f1);
             for (int64_t c = 0; c < K; c++) {
-                const real *cc = C + c * f1;
+                const real *cc = Cs + c * f1;
                 double *dst = sum_t + c * F;
                 for (int64_t j = 0; j < F; j++) dst[j] += cc[j];
                 counts[c] += cc[F];
@@ -633,6 +717,15 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
             if (q_out)
                 for (int64_t r = 0; r < R; r++)
                     for (int64_t c = 0; c < K; c++) q_out[(i0 + r) * K + c] = (real)qd[c * R + r];
+            if (codes) { /* in double: sum_t[c, d C + x_rd] += q_rc */
+                for (int64_t c = 0; c < K; c++) {
+                    const double *qc = qd + c * R;
+                    double *dst = sum_t + c * F;
+                    for (int64_t r = 0; r < R; r++)
+                        for (int64_t d = 0; d < D; d++) dst[d * C + xb[r * D + d]] += qc[r];
+                }
+                goto reduced;
+            }
             for (int64_t r = 0; r < R; r++) {
                 double *xrow = b.xd + r * F;
                 const real *x = tb + r * F;
@@ -642,6 +735,7 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
             dgemm("N", "N", &f, &m, &nr, &done, b.xd, &f, qd, &nr, &done, sum_t, &f);
 #endif
         }
+    reduced:
         if (want_lse) { /* the block's logs together (vectorised for float) */
             real *logs = b.logs;
             const double *tot = b.tot;
@@ -657,7 +751,8 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
     scalars[0] += elbo;
     scalars[1] += want_lse ? lse_sum : NAN;
     scalars[2] += old_labels ? changed : (double)(stop - first);
-    free(b.xt), free(b.V), free(b.arg), free(b.odd), free(b.tot), FREE_Q(b), free(b.centred);
+    free(b.tile), free(b.xt), free(b.V), free(b.arg), free(b.odd), free(b.tot), FREE_Q(b);
+    free(b.centred);
     return 0;
 }
 
@@ -673,13 +768,30 @@ int MIXEM_RUN(const real *t, int64_t n, int64_t rows, int64_t s0, int64_t s1, in
               int64_t K, const real *eta, const real *bias, const real *base, const real *shift,
               int soft, double temperature, const int64_t *old_labels, real *q_out,
               int want_lse, int64_t block, void *gemm_ptr, void *dgemm_ptr, int64_t *labels,
-              real *point_fit, double *partials) {
+              real *point_fit, double *partials, const int32_t *codes, int64_t C) {
     int failed = 0;
     for (int64_t s = s0; s < s1; s++) {
         int64_t first = s * rows, stop = first + rows < n ? first + rows : n;
         failed |= MIXEM_PASS(t, first, stop, F, K, eta, bias, base, shift, soft, temperature,
                              old_labels, q_out, want_lse, block, gemm_ptr, dgemm_ptr, labels,
-                             point_fit, partials + s * (K + K * F + 3));
+                             point_fit, partials + s * (K + K * F + 3), codes, C);
     }
     return failed;
+}
+
+/* The codes pass (see codes_table): MIXEM_RUN without t, eta^T (F, K) for eta, codes (n, D) in
+   0..C-1, F = D C. */
+#ifdef MIXEM_DOUBLE
+#define MIXEM_CODES mixem_codes_f64
+#else
+#define MIXEM_CODES mixem_codes_f32
+#endif
+int MIXEM_CODES(const int32_t *codes, int64_t C, int64_t n, int64_t rows, int64_t s0, int64_t s1,
+                int64_t F, int64_t K, const real *etat, const real *bias, const real *base,
+                int soft, double temperature, const int64_t *old_labels, real *q_out,
+                int want_lse, int64_t block, void *gemm_ptr, void *dgemm_ptr, int64_t *labels,
+                real *point_fit, double *partials) {
+    return MIXEM_RUN(NULL, n, rows, s0, s1, F, K, etat, bias, base, NULL, soft, temperature,
+                     old_labels, q_out, want_lse, block, gemm_ptr, dgemm_ptr, labels, point_fit,
+                     partials, codes, C);
 }
