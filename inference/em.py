@@ -251,8 +251,9 @@ def fit(
         else:
             est = best_q(family, previous)
         check_finite(est, n_iter, trace, searched=searched)
-        # count_nonzero: a bool's .sum() makes an int64 copy of all N comparisons first
-        n_changed = int(reducer.sum(torch.count_nonzero(est.labels != previous.labels)))
+        n_changed = est.n_changed
+        if n_changed is None:  # count_nonzero: a bool's .sum() makes an int64 copy of N first
+            n_changed = int(reducer.sum(torch.count_nonzero(est.labels != previous.labels)))
         trace.append(_record(n_iter, est, n_changed, n_relocated, started))
         if callback:
             callback(trace[-1])

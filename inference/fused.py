@@ -146,6 +146,12 @@ def current_form(model: Any, data: FusedData) -> ModelForm:
     return found
 
 
+def _old_labels(previous: EStep | None, n: int) -> Tensor | None:
+    labels = None if previous is None else previous.labels
+    usable = labels is not None and labels.shape == (n,) and labels.dtype == torch.int64
+    return labels.contiguous() if usable and labels is not None else None
+
+
 def _holds(previous: EStep | None, buffer: Tensor) -> bool:
     return previous is not None and previous.labels.data_ptr() == buffer.data_ptr()
 
@@ -185,6 +191,8 @@ def e_step(
         "q_out": q_out,
         "labels_out": data.labels[1] if _holds(previous, data.labels[0]) else data.labels[0],
         "point_fit_out": data.point_fit,
+        # the pass counts the changed labels as it writes the new ones (no second read)
+        "old_labels": _old_labels(previous, n),
     }
     natural, bias = form.natural.detach(), bias.detach()
     with torch.no_grad():
@@ -204,7 +212,7 @@ def e_step(
         # the prior's mean, left out of the kernel's bias, is the same for every point
         point_fit = result.point_fit.add_(constant)
         shared = float(constant) * n
-        local_totals = [result.elbo + shared, result.log_evidence + shared]
+        local_totals = [result.elbo + shared, result.log_evidence + shared, result.n_changed]
         totals = reducer.sum(torch.tensor(local_totals, dtype=torch.float64))
     if q_out is None:
         q = Responsibilities.one_hot(result.labels, data.x.dtype)
@@ -218,4 +226,5 @@ def e_step(
         float(totals[1]),
         stats,
         row_statistics(form, K),
+        None if options["old_labels"] is None else int(totals[2]),
     )

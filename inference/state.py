@@ -21,6 +21,8 @@ class EStep(NamedTuple):
         same pass (``inference.fused``), with ``"counts"`` (K,); None: the M-step sums q.
     row_stats: ``(rows (m, D), q of m points) -> stats`` of a few rows, in the coordinates of
         ``stats`` (moving points into empty components); None with ``stats``.
+    n_changed: the points (of all workers) whose label differs from the previous E-step's,
+        when the E-step counted them as it wrote the labels; None: the loop counts them.
     """
 
     q: Responsibilities
@@ -30,3 +32,4 @@ class EStep(NamedTuple):
     log_evidence: float
     stats: dict[str, Tensor] | None = None
     row_stats: Callable[[Tensor, Responsibilities], dict[str, Tensor]] | None = None
+    n_changed: int | None = None
