@@ -35,8 +35,9 @@ Stats = dict[str, Tensor]
 class FusedData(NamedTuple):
     """What a fit computes once from the data (N rows, F statistics).
 
-    t: (N, F) T(x), or ``x`` itself when T(x) = x - kernel_shift (no copy of the data), or
-        the (N, D) int32 codes when T(x) is their one-hot (``ExpFamForm.codes_of``).
+    t: (N, F) T(x), or ``x`` itself when T(x) = x - kernel_shift (no copy of the data) or
+        T(x) = (x - kernel_shift, (x - kernel_shift)^2) (``squares``: the kernel builds it per
+        block), or the (N, D) int32 codes when T(x) is their one-hot (``ExpFamForm.codes_of``).
     kernel_shift: (F,) subtracted from each row of ``t`` inside the kernel, or None.
     base: (N,) log h(x).
     probe_base: (2,) log h of the first two rows, computed as ``current_form`` checks it.
@@ -45,6 +46,8 @@ class FusedData(NamedTuple):
     labels: two (N,) int64 buffers the passes write in turn (the last pass's labels stay
         readable, to count the changed ones), as scikit-learn's labels / labels_old.
     point_fit: (N,) the buffer of the point fits (dead once the M-step used them).
+    squares: ``t`` is x (N, D) for T(x) = (x - kernel_shift, (x - kernel_shift)^2) (N, 2 D)
+        (``ExpFamForm.squares``), which the pass builds block by block.
     """
 
     x: Tensor
@@ -56,6 +59,7 @@ class FusedData(NamedTuple):
     probe_base: Tensor
     labels: tuple[Tensor, Tensor]
     point_fit: Tensor
+    squares: bool = False
 
 
 def reduction(family: Any) -> tuple[str, float] | None:
@@ -78,6 +82,8 @@ def prepare(model: Any, x: Tensor, chunk_size: int) -> FusedData | None:
     n = len(x)
     if form.linear:  # T(x) = x - shift: the kernel subtracts it per block, no (N, D) copy
         t, kernel_shift = x.contiguous(), shift
+    elif form.squares:  # T(x) = (x - shift, (x - shift)^2): built per block from x, no (N, 2 D)
+        t, kernel_shift = x.reshape(n, -1).contiguous(), shift
     elif form.codes_of is not None:  # one-hot codes: the kernel reads the codes (N, D) int32
         width = int(form.codes_of(x[:1]).shape[1])
         check_allocation(
@@ -110,6 +116,7 @@ def prepare(model: Any, x: Tensor, chunk_size: int) -> FusedData | None:
         probe,
         labels,
         x.new_empty(n),
+        form.squares,
     )
 
 
@@ -199,7 +206,8 @@ def e_step(
         if form.codes_of is not None:  # data.t: the codes (see prepare)
             result = run_codes_pass(data.t, natural, bias, data.base, **options)
         else:
-            result = run_pass(data.t, natural, bias, data.base, data.kernel_shift, **options)
+            shift, squares = data.kernel_shift, data.squares  # squares: data.t is x
+            result = run_pass(data.t, natural, bias, data.base, shift, squares=squares, **options)
         dtype = data.x.dtype
         local: Stats = {
             "counts": result.counts,

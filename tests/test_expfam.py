@@ -314,6 +314,13 @@ def test_table_equals_log_prob(name):
         torch.testing.assert_close(form.statistic(x), rows, rtol=0, atol=0)
     # only the categorical's statistics are one-hot codes; T is their one-hot exactly
     assert (form.codes_of is not None) == (family == "categorical")
+    # only the Normal with its scales kept has T = (x - r, (x - r)^2), in that order
+    assert form.squares == (family == "normal" and not form.linear)
+    if form.squares:
+        assert form.shift is not None
+        y = x.reshape(N, -1).to(form.natural) - form.shift
+        assert width == 2 * y.shape[1]
+        torch.testing.assert_close(form.statistic(x), torch.cat([y, y * y], 1), rtol=0, atol=0)
     if form.codes_of is not None:
         codes = form.codes_of(x)
         assert codes.dtype == torch.int32 and codes.shape[0] == N

@@ -120,6 +120,39 @@ def test_the_categorical_fit_reads_its_codes_and_equals_the_dense_pass(dtype, fa
             assert math.isclose(ra.elbo, rb.elbo, rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("family", [Delta(), Categorical(), Tempered(0.5)])
+def test_the_gmm_with_learned_scales_builds_its_squares_in_the_pass(
+    covariance_type, dtype, family, monkeypatch
+):
+    # T(x) = (x - r, (x - r)^2): prepare keeps x itself (no (N, 2 D) copy) and the pass builds
+    # the squares per block; the fit equals the dense pass of the materialised T
+    x = data_for("gmm", n=3000).to(dtype)
+    options = {"covariance_type": covariance_type}
+    data = fused.prepare(build("gmm", options, x), x, 1000)
+    assert data is not None and data.squares and data.t.data_ptr() == x.data_ptr()
+    assert data.kernel_shift is not None and data.kernel_shift.shape == (x.shape[1],)
+    a = fit(build("gmm", options, x), x, family, max_iter=6, tol=0.0)
+
+    run_pass = fused.run_pass
+
+    def dense(t, natural, bias, base, shift, squares=False, **kw):  # the materialised T
+        assert squares
+        y = t - shift
+        return run_pass(torch.cat([y, y * y], 1), natural, bias, base, None, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fused, "run_pass", dense)
+        b = fit(build("gmm", options, x), x, family, max_iter=6, tol=0.0)
+    if dtype == torch.float64:
+        assert_same_fit(a, b, hard=family.hard)
+    else:  # float32: the same fit to its rounding
+        assert (a.labels != b.labels).float().mean() < 1e-3
+        for ra, rb in zip(a.trace, b.trace, strict=True):
+            assert math.isclose(ra.elbo, rb.elbo, rel_tol=1e-5)
+
+
 def test_tempered_family_through_the_pass_equals_the_generic_path(monkeypatch):
     x = blobs(500, 5, 2, seed=3)
     init = kmeans_plusplus(x, 5, GENERATOR().manual_seed(0))

@@ -426,3 +426,117 @@ def test_the_row_reductions_library_uses_the_same_private_cache(tmp_path):
         pytest.skip("no C compiler")
     assert out.stdout.strip() == "True"  # built in a private temporary directory instead
     assert list(cache.iterdir()) == []  # nothing written into the shared directory
+
+
+# --- the squares pass: T = (x - r, (x - r)^2) built per block from x ---------------------------
+
+
+def squares_problem(N, D, K, dtype, seed=0, shift=True):
+    """Data x (N, D) (far from the origin when shifted), natural (K, 2 D) of Normals with
+    per-component scales, bias, base, shift (D,) or None, and the materialised T (N, 2 D)."""
+    g = torch.Generator().manual_seed(seed)
+    loc = torch.randn(K, D, generator=g, dtype=torch.float64) * 3 + (50 if shift else 0)
+    scale = torch.rand(K, D, generator=g, dtype=torch.float64) + 0.5
+    z = torch.randint(K, (N,), generator=g)
+    x = loc[z] + scale[z] * torch.randn(N, D, generator=g, dtype=torch.float64)
+    r = loc.mean(0) if shift else torch.zeros(D, dtype=torch.float64)
+    precision = scale.pow(-2)
+    eta = torch.cat([(loc - r) * precision, -0.5 * precision], 1)
+    bias = -(0.5 * (loc - r).square() * precision + scale.log()).sum(1)
+    h = torch.full((N,), -0.5 * D * math.log(2 * math.pi), dtype=torch.float64)
+    x, eta, bias, h, r = (v.to(dtype).contiguous() for v in (x, eta, bias, h, r))
+    y = x - r  # in the data's dtype, as the form's statistic computes it
+    t = torch.cat([y, y * y], 1).contiguous()
+    return x, eta, bias, h, (r if shift else None), t
+
+
+SQUARES_IMPLS = [
+    pytest.param(reference.run_pass, id="torch"),
+    pytest.param(native_pass.run_pass, id="c", marks=needs_c),
+]
+
+
+@pytest.mark.parametrize("impl", SQUARES_IMPLS)
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+@pytest.mark.parametrize(("N", "D", "K"), [(5003, 3, 7), (1, 1, 1), (300, 2, 37), (2049, 9, 4)])
+@pytest.mark.parametrize("with_shift", [True, False])
+def test_the_squares_pass_equals_the_dense_pass_of_t_float64(
+    impl, mode, temperature, N, D, K, with_shift
+):
+    x, eta, bias, h, r, t = squares_problem(N, D, K, torch.float64, shift=with_shift)
+    got, q = run(impl, (x, eta, bias, h, r), mode, temperature, squares=True)
+    want, q_want = run(impl, (t, eta, bias, h, None), mode, temperature)
+    labels, fit, counts, sum_t, elbo, lse, q_true = plain(t, eta, bias, h, None, mode, temperature)
+    close = {"rtol": 1e-12, "atol": 1e-12}
+    assert torch.equal(got.labels, labels) and torch.equal(got.labels, want.labels)
+    torch.testing.assert_close(got.point_fit, fit, **close)
+    torch.testing.assert_close(got.point_fit, want.point_fit, **close)
+    torch.testing.assert_close(got.counts, counts, rtol=1e-12, atol=1e-12 * N)
+    scale = float(t.abs().max())
+    for other in (sum_t, want.sum_t):
+        torch.testing.assert_close(got.sum_t, other, rtol=1e-12, atol=1e-12 * N * scale)
+    assert got.elbo == pytest.approx(elbo, rel=1e-12, abs=1e-12 * N)
+    assert got.log_evidence == pytest.approx(lse, rel=1e-12, abs=1e-12 * N)
+    assert got.elbo == pytest.approx(want.elbo, rel=1e-12, abs=1e-12 * N)
+    assert got.n_changed == N
+    if mode == "soft":
+        torch.testing.assert_close(q, q_true, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(q, q_want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("impl", SQUARES_IMPLS)
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+def test_the_squares_pass_equals_the_dense_pass_of_t_float32(impl, mode, temperature):
+    N, D, K = 3001, 6, 20
+    x, eta, bias, h, r, t = squares_problem(N, D, K, torch.float32)
+    got, q = run(impl, (x, eta, bias, h, r), mode, temperature, squares=True)
+    want, q_want = run(impl, (t, eta, bias, h, None), mode, temperature)
+    S = t.double() @ eta.double().T + bias.double() + h.double()[:, None]
+    top2 = S.topk(2, 1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4 * top2[:, 0].abs().clamp(min=1)
+    assert torch.equal(got.labels[clear], want.labels[clear])
+    eps = torch.finfo(torch.float32).eps
+    scale = S.abs().max(1).values.float()
+    assert ((got.point_fit - want.point_fit).abs() <= 8 * eps * scale).all()
+    magnitude = float(S.abs().sum())
+    assert abs(got.elbo - want.elbo) <= 8 * eps * magnitude
+    assert abs(got.log_evidence - want.log_evidence) <= 8 * eps * magnitude
+    tol = 8 * eps * N
+    torch.testing.assert_close(got.counts, want.counts, rtol=0, atol=tol)
+    torch.testing.assert_close(got.sum_t, want.sum_t, rtol=0, atol=tol * float(t.abs().max()))
+    if mode == "soft":
+        torch.testing.assert_close(q, q_want, rtol=0, atol=16 * eps)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+def test_the_squares_pass_gives_bit_identical_results_for_any_thread_count(
+    dtype, mode, temperature
+):
+    x, eta, bias, h, r, _ = squares_problem(40_001, 3, 9, dtype)
+    args = (x, eta, bias, h, r)
+    results = [
+        run(native_pass.run_pass, args, mode, temperature, threads=n, squares=True)
+        for n in (1, 2, 3, 2)
+    ]
+    (first, q1), rest = results[0], results[1:]
+    for other, q in rest:
+        for a, b in zip(first, other, strict=True):
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+        if q1 is not None:
+            assert torch.equal(q1, q)
+
+
+def test_the_squares_pass_checks_its_shapes_and_dispatches(monkeypatch):
+    x, eta, bias, h, r, t = squares_problem(100, 3, 4, torch.float64)
+    expected = reference.run_pass(t, eta, bias, h)
+    assert torch.equal(run_pass(x, eta, bias, h, r, squares=True).labels, expected.labels)
+    with pytest.raises(ValueError, match="2 D"):
+        run_pass(x, eta[:, :5], bias, h, r, squares=True)
+    with pytest.raises(ValueError, match="shift"):
+        run_pass(x, eta, bias, h, torch.cat([r, r]), squares=True)
+    with pytest.raises(ValueError, match=r"natural \(K, F\)"):
+        run_pass(x, eta, bias, h, r)  # without squares: x is not the (N, 2 D) statistics
+    monkeypatch.setenv("MIXEM_NATIVE", "0")
+    assert torch.equal(run_pass(x, eta, bias, h, r, squares=True).labels, expected.labels)

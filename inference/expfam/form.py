@@ -36,6 +36,9 @@ class ExpFamForm(NamedTuple):
     codes_of: for statistics that are one-hot codes (categorical): x (n, D) -> (n, D) int32
         codes in 0..C-1 with statistic(x)[i, d C + codes[i, d]] = 1 and 0 elsewhere (F = D C),
         so a kernel may read the codes instead of T(x); None for every other family.
+    squares: T(x) = (x - shift, (x - shift)^2), F = 2 D in that order (the Normal with its
+        scales kept), so a kernel may build T from the data (n, D) block by block instead of
+        reading a copy of T(x); False for every other family.
     """
 
     family: str
@@ -47,6 +50,7 @@ class ExpFamForm(NamedTuple):
     moments: Callable[[Tensor], dict[str, Tensor]]
     linear: bool = False
     codes_of: Callable[[Tensor], Tensor] | None = None
+    squares: bool = False
 
 
 class Leaf(NamedTuple):
@@ -160,12 +164,15 @@ def assemble(
     base: Callable[[Tensor], Tensor],
     shift: Tensor | None = None,
     codes_of: Callable[[Tensor], Tensor] | None = None,
+    squares: bool = False,
 ) -> ExpFamForm:
     """The form of ``parts`` with ``log_normaliser`` (K,).
 
     prepare: x (n, D) -> y, what each part's statistic reads (cast, "- r", codes).
     base: y -> (n,) the family's own log h, before folded parts are added.
     codes_of: see ``ExpFamForm``; the parts' statistics must be that one-hot.
+    squares: the parts are (identity, square) of y = x - shift (see ``ExpFamForm``); kept in
+        the form only when neither is folded.
     """
     kept = [p for p in parts if not p.fold]
     folded = [p for p in parts if p.fold]
@@ -208,4 +215,5 @@ def assemble(
         moments,
         linear,
         codes_of if kept and not folded else None,
+        squares and len(kept) == 2 and not folded,
     )

@@ -65,6 +65,7 @@ def normal(leaf: Leaf, shift: Tensor | None) -> ExpFamForm | None:
         prepare=lambda x: rows(x, loc.dtype) - r,
         base=constant(-D * HALF_LOG_2PI),
         shift=r,
+        squares=True,  # T = (y, y^2) when the scales are kept: a kernel builds it from x
     )
 
 

@@ -18,7 +18,9 @@ NaN reaches the ELBO (the caller checks that it is finite).
 
 ``run_codes_pass`` is the same pass for statistics that are the one-hot of integer codes
 (categorical data, T (N, D C)) from the codes (N, D) themselves: a row's table is a sum of D
-gathered rows of eta^T, its sums a scatter-add, no product and no T in memory.
+gathered rows of eta^T, its sums a scatter-add, no product and no T in memory. Likewise
+``run_pass(..., squares=True)`` takes the data x (N, D) for T(x) = [x - r, (x - r)^2] (N, 2 D)
+and builds each block's statistics from its rows beside the centred ones (one read of x).
 
 The C kernel (``native_pass``) runs when it can (CPU, float32/float64, contiguous, a C compiler
 and scipy present, ``MIXEM_NATIVE`` not "0"); otherwise the torch reference (``reference``),
@@ -55,6 +57,7 @@ def run_pass(
     threads: int | None = None,
     labels_out: Tensor | None = None,
     point_fit_out: Tensor | None = None,
+    squares: bool = False,
 ) -> PassResult:
     """One pass: the E-step's row reduction and the M-step's sums.
 
@@ -74,6 +77,10 @@ def run_pass(
         threads: threads for the C kernel (default torch.get_num_threads()).
         labels_out, point_fit_out: (N,) int64 and (N,) t's dtype, contiguous, or None: the
             result's labels and point fits are written there (buffers a fit keeps).
+        squares: t is then the data x (N, D) itself, natural (K, 2 D) and shift (D,) or None:
+            the statistics are [x - shift, (x - shift)^2] (N, 2 D), in that order (the Normal's
+            with learned scales), built in each block from its rows, never in memory; sum_t
+            (K, 2 D) in that layout.
 
     Returns:
         PassResult: labels (N,) int64, point_fit (N,) E_q[S_i] (t's dtype), counts (K,)
@@ -93,6 +100,7 @@ def run_pass(
         threads=threads,
         labels_out=labels_out,
         point_fit_out=point_fit_out,
+        squares=squares,
     )
 
 

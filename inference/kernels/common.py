@@ -129,3 +129,32 @@ def check_codes(
     like = natural.new_zeros(()).expand(N, F)
     check(like, natural, bias, base, None, mode, temperature, old_labels, q_out)
     return like
+
+
+def check_squares(
+    x: Tensor,
+    natural: Tensor,
+    bias: Tensor,
+    base: Tensor | None,
+    shift: Tensor | None,
+    mode: str,
+    temperature: float,
+    old_labels: Tensor | None,
+    q_out: Tensor | None,
+) -> Tensor:
+    """Raise ValueError unless the squares pass's arguments fit together (see ``run_pass``
+    with ``squares``): x (N, D), natural (K, 2 D), shift (D,) or None, one dtype. Returns a
+    stand-in for the statistics [x - shift, (x - shift)^2] (N, 2 D) of x's dtype (a view of
+    one element, no data) for ``check`` and ``check_outputs``."""
+    if x.dim() != 2 or natural.dim() != 2 or natural.shape[1] != 2 * x.shape[1]:
+        raise ValueError(
+            f"squares: x (N, D) and natural (K, 2 D): got {tuple(x.shape)}, {tuple(natural.shape)}"
+        )
+    if shift is not None:
+        if tuple(shift.shape) != (x.shape[1],):
+            raise ValueError(f"shift must have shape {(x.shape[1],)}, not {tuple(shift.shape)}")
+        if shift.dtype != x.dtype:
+            raise ValueError(f"shift must have t's dtype {x.dtype}, not {shift.dtype}")
+    like = x.new_zeros(()).expand(x.shape[0], natural.shape[1])
+    check(like, natural, bias, base, None, mode, temperature, old_labels, q_out)
+    return like

@@ -37,6 +37,7 @@ from inference.kernels.common import (
     check,
     check_codes,
     check_outputs,
+    check_squares,
     super_rows,
 )
 
@@ -57,7 +58,7 @@ def _library(suffix: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     run = getattr(lib, symbols[0])
     run.argtypes = [pointer, *[size] * 6, *[pointer] * 4, flag, ctypes.c_double]
-    run.argtypes += [pointer, pointer, flag, size, *[pointer] * 5, pointer, size]
+    run.argtypes += [pointer, pointer, flag, size, *[pointer] * 5, pointer, size, flag]
     codes = getattr(lib, symbols[1])  # (codes, C, n, ...): mixem_run without t and shift
     codes.argtypes = [pointer, *[size] * 7, *[pointer] * 3, flag, ctypes.c_double]
     codes.argtypes += [pointer, pointer, flag, size, *[pointer] * 5]
@@ -150,20 +151,27 @@ def run_pass(
     threads: int | None = None,
     labels_out: Tensor | None = None,
     point_fit_out: Tensor | None = None,
+    squares: bool = False,
 ) -> PassResult:
     """The C pass; the arguments and the result as ``inference.kernels.run_pass`` (t (N, F),
-    natural (K, F), bias (K,), base (N,), shift (F,), old_labels (N,), q_out (N, K)); every
-    tensor must satisfy ``handles``. ``labels_out`` (N,) int64 and ``point_fit_out`` (N,) of t's
-    dtype, contiguous, are written and returned as the result's labels and point_fit when given
-    (a caller's buffers kept across passes: no allocation per pass)."""
-    check(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
-    check_outputs(t, labels_out, point_fit_out)
+    natural (K, F), bias (K,), base (N,), shift (F,), old_labels (N,), q_out (N, K); with
+    ``squares`` t the data x (N, D), natural (K, 2 D), shift (D,)); every tensor must satisfy
+    ``handles``. ``labels_out`` (N,) int64 and ``point_fit_out`` (N,) of t's dtype, contiguous,
+    are written and returned as the result's labels and point_fit when given (a caller's
+    buffers kept across passes: no allocation per pass)."""
+    if squares:  # the statistics (N, 2 D) are built per block: a stand-in of their shape
+        like = check_squares(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
+    else:
+        check(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
+        like = t
+    check_outputs(like, labels_out, point_fit_out)
     assert handles(t, natural, bias, base, shift, old_labels, q_out)
     head = [t.data_ptr()]
     pointers = [_address(x) for x in (natural, bias, base, shift)]
     outputs = (old_labels, q_out, labels_out, point_fit_out)
     options = (mode, temperature, log_evidence, threads)
-    return _launch("run", head, pointers, [None, 0], t, natural.shape[0], outputs, options)
+    tail = [None, 0, int(squares)]
+    return _launch("run", head, pointers, tail, like, natural.shape[0], outputs, options)
 
 
 def run_codes_pass(

@@ -447,19 +447,22 @@ static void codes_table(const int32_t *x, int64_t D, int64_t C, const real *etat
 /* The pass over rows first..stop-1 of t (n, F) (absolute row numbers in t, base, old_labels,
    q_out, labels, point_fit); partial = [counts (K), sum_t (K, F), elbo, lse, changed] in
    double, added to. old_labels, q_out, base, shift may be NULL; codes NULL but with C > 0 (see
-   codes_table). Returns 0, or 1 when out of memory. */
+   codes_table). squares: t is the data x (n, D), F = 2 D, and a block's statistics are built
+   from it, [x - shift, (x - shift)^2] (the Normal's with learned scales), in its buffer.
+   Returns 0, or 1 when out of memory. */
 int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                const real *eta, const real *bias, const real *base, const real *shift,
                int soft, double temperature, const int64_t *old_labels, real *q_out,
                int want_lse, int64_t block, void *gemm_ptr, void *dgemm_ptr, int64_t *labels,
-               real *point_fit, double *partial, const int32_t *codes, int64_t C) {
+               real *point_fit, double *partial, const int32_t *codes, int64_t C,
+               int squares) {
     gemm_t gemm = (gemm_t)gemm_ptr;
     dgemm_t dgemm = (dgemm_t)dgemm_ptr;
     double *counts = partial, *sum_t = partial + K, *scalars = partial + K + K * F;
     size_t B = (size_t)block;
     buffers b = {0};
     b.V = malloc(sizeof(real) * (B * K + 4 * B));
-    if (shift) b.centred = malloc(sizeof(real) * B * F);
+    if (shift || squares) b.centred = malloc(sizeof(real) * B * F);
     int small = F <= SMALL_F && !codes;
     int64_t D = codes ? F / C : 0;
     if (small) b.xt = malloc(sizeof(real) * B * F);
@@ -477,7 +480,7 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
     if (soft) b.qd = malloc(sizeof(double) * B * K), b.xd = malloc(sizeof(double) * B * F);
 #endif
     if (!b.V || !b.arg || !b.odd || !b.tot || (soft && (!b.qd || !b.xd)) ||
-        (shift && !b.centred) || (small && !b.xt) || (codes && !b.tile)) {
+        ((shift || squares) && !b.centred) || (small && !b.xt) || (codes && !b.tile)) {
         free(b.tile), free(b.xt), free(b.V), free(b.arg), free(b.odd), free(b.tot), FREE_Q(b);
         free(b.centred);
         return 1;
@@ -501,9 +504,26 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
         const real *h = base ? base + i0 : b.zeros;
         /* the block's rows less the shift (location families: the GEMM then sees centred
            numbers, not the raw coordinates' cancelling products), while they are in cache */
-        const real *tb = codes ? NULL : t + i0 * F;
+        const real *tb = codes ? NULL : t + i0 * (squares ? F / 2 : F);
         const int32_t *xb = codes ? codes + i0 * D : NULL;
-        if (shift) {
+        if (squares) { /* [x - shift, (x - shift)^2]: the statistics, never in memory */
+            int64_t Dx = F / 2;
+            for (int64_t r = 0; r < R; r++) {
+                const real *x = tb + r * Dx;
+                real *y = b.centred + r * F;
+                if (shift) {
+#pragma omp simd
+                    for (int64_t j = 0; j < Dx; j++) {
+                        real v = x[j] - shift[j];
+                        y[j] = v, y[Dx + j] = v * v;
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t j = 0; j < Dx; j++) y[j] = x[j], y[Dx + j] = x[j] * x[j];
+                }
+            }
+            tb = b.centred;
+        } else if (shift) {
             for (int64_t r = 0; r < R; r++) {
                 const real *x = tb + r * F;
                 real *y = b.centred + r * F;
@@ -758,7 +778,8 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
 
 /* Super-blocks s0..s1-1 of `rows` rows each (the last may be shorter: rows stop at n), the
    partial sums of super-block s at partials + s * (K + K F + 3): one call per thread, the
-   same sums for any split. Returns 0, or 1 when out of memory. */
+   same sums for any split; squares: t is x (n, F / 2), see MIXEM_PASS. Returns 0, or 1 when
+   out of memory. */
 #ifdef MIXEM_DOUBLE
 #define MIXEM_RUN mixem_run_f64
 #else
@@ -768,13 +789,14 @@ int MIXEM_RUN(const real *t, int64_t n, int64_t rows, int64_t s0, int64_t s1, in
               int64_t K, const real *eta, const real *bias, const real *base, const real *shift,
               int soft, double temperature, const int64_t *old_labels, real *q_out,
               int want_lse, int64_t block, void *gemm_ptr, void *dgemm_ptr, int64_t *labels,
-              real *point_fit, double *partials, const int32_t *codes, int64_t C) {
+              real *point_fit, double *partials, const int32_t *codes, int64_t C,
+              int squares) {
     int failed = 0;
     for (int64_t s = s0; s < s1; s++) {
         int64_t first = s * rows, stop = first + rows < n ? first + rows : n;
         failed |= MIXEM_PASS(t, first, stop, F, K, eta, bias, base, shift, soft, temperature,
                              old_labels, q_out, want_lse, block, gemm_ptr, dgemm_ptr, labels,
-                             point_fit, partials + s * (K + K * F + 3), codes, C);
+                             point_fit, partials + s * (K + K * F + 3), codes, C, squares);
     }
     return failed;
 }
@@ -793,5 +815,5 @@ int MIXEM_CODES(const int32_t *codes, int64_t C, int64_t n, int64_t rows, int64_
                 real *point_fit, double *partials) {
     return MIXEM_RUN(NULL, n, rows, s0, s1, F, K, etat, bias, base, NULL, soft, temperature,
                      old_labels, q_out, want_lse, block, gemm_ptr, dgemm_ptr, labels, point_fit,
-                     partials, codes, C);
+                     partials, codes, C, 0);
 }

@@ -16,6 +16,7 @@ from inference.kernels.common import (
     check,
     check_codes,
     check_outputs,
+    check_squares,
 )
 
 
@@ -34,6 +35,7 @@ def run_pass(
     threads: int | None = None,
     labels_out: Tensor | None = None,
     point_fit_out: Tensor | None = None,
+    squares: bool = False,
 ) -> PassResult:
     """One pass over the rows of the table S = (t - shift) natural^T + bias + base[:, None].
 
@@ -41,15 +43,22 @@ def run_pass(
     dtype; old_labels (N,) int64 or None; q_out (N, K) of t's dtype or None (written with q in
     soft mode); labels_out (N,) int64 and point_fit_out (N,) of t's dtype or None (written and
     returned when given). ``threads`` is accepted for the C kernel's signature and ignored. See
-    ``inference.kernels.run_pass`` for the modes and the result.
+    ``inference.kernels.run_pass`` for the modes and the result. ``squares``: t is the data x
+    (N, D), natural (K, 2 D), shift (D,) or None, and each block's statistics are
+    [y, y^2], y = x - shift (the Normal's with learned scales), built from its rows.
     """
     del threads
-    check(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
-    check_outputs(t, labels_out, point_fit_out)
+    if squares:
+        like = check_squares(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
+    else:
+        check(t, natural, bias, base, shift, mode, temperature, old_labels, q_out)
+        like = t
+    check_outputs(like, labels_out, point_fit_out)
     eta_t = natural.T
 
     def rows(a: int, b: int) -> Tensor:
-        return t[a:b] if shift is None else t[a:b] - shift  # centred before the product
+        y = t[a:b] if shift is None else t[a:b] - shift  # centred before the product
+        return torch.cat([y, y * y], 1) if squares else y
 
     def table(a: int, b: int) -> Tensor:
         return torch.mm(rows(a, b), eta_t)
@@ -64,7 +73,7 @@ def run_pass(
 
     outputs = (old_labels, q_out, labels_out, point_fit_out)
     return _reduce(
-        t, natural.shape[0], table, add, bias, base, mode, temperature, outputs, log_evidence
+        like, natural.shape[0], table, add, bias, base, mode, temperature, outputs, log_evidence
     )
 
 
