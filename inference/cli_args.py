@@ -9,6 +9,9 @@ import argparse
 from pathlib import Path
 from typing import Any, NoReturn
 
+from inference.cli_dp_args import add_dp_options, check_dp_options
+from inference.cli_select_args import add_select_parser
+from inference.cli_types import non_negative_float, non_negative_int, positive_int
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
 from inference.guides import GUIDE_SYNTAX
@@ -24,61 +27,6 @@ class _Parser(argparse.ArgumentParser):
         if getattr(parsed, "command", None) == "fit":
             check_dp_options(parsed)
         return parsed
-
-
-def check_dp_options(args: argparse.Namespace) -> None:
-    """``fit``: --k is required unless --dp-lambda (DP-means chooses K), which takes the Delta
-    guide in memory and none of the options that do not apply to it."""
-    if args.dp_lambda is None:
-        if args.k is None:
-            raise MixemError("the following arguments are required: --k (see 'mixem fit --help')")
-        if args.max_k is not None:
-            raise MixemError("--max-k applies to DP-means only; add --dp-lambda LAMBDA")
-        return
-    if args.anneal or args.guide != "delta":
-        guide = f"--anneal {args.anneal}" if args.anneal else f"--guide {args.guide}"
-        raise MixemError(
-            f"--dp-lambda takes --guide delta (the small-variance limit is hard), got {guide}"
-        )
-    if args.k is not None:
-        raise MixemError("--dp-lambda chooses K: drop --k (bound it with --max-k KMAX)")
-    for flag, value in (
-        ("--resume", args.resume),
-        ("--stream", args.stream or None),
-        ("--distributed", args.distributed or None),
-        ("--batch-size", args.batch_size),
-    ):
-        if value is not None:
-            raise MixemError(f"--dp-lambda runs in memory in one process: drop {flag}")
-
-
-INT64_MAX = 2**63 - 1  # torch's seeds, sizes and counts are 64-bit
-
-
-def _integer(text: str, low: int, expected: str) -> int:
-    if not text.lstrip("-").isdigit() or int(text) < low:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    if int(text) > INT64_MAX:
-        raise argparse.ArgumentTypeError(f"expected {expected} below 2**63, got {text!r}")
-    return int(text)
-
-
-def _positive_int(text: str) -> int:
-    return _integer(text, 1, "a positive integer")
-
-
-def _non_negative_int(text: str) -> int:
-    return _integer(text, 0, "an integer >= 0")
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 def model_names() -> list[str]:
@@ -103,7 +51,7 @@ def add_fit_options(
             "--k",
             required=k_required,
             default=None,
-            type=_positive_int,
+            type=positive_int,
             help="number of components K (1 <= K <= N)",
         )
     parser.add_argument(
@@ -131,7 +79,7 @@ def add_fit_options(
     )
     parser.add_argument(
         "--reg-covar",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=1e-6,
         help="gmm: added to the diagonal of each covariance (default: 1e-6)",
     )
@@ -147,19 +95,19 @@ def add_fit_options(
     )
     parser.add_argument(
         "--max-iter",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=300,
         help="maximum M-steps; 0 only runs the E-step under the initial parameters (default: 300)",
     )
     parser.add_argument(
         "--tol",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=1e-4,
         help="stopping tolerance, relative to the data variance for hard guides (default: 1e-4)",
     )
     parser.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="random seed for init and sampling (default: 0)",
     )
@@ -171,7 +119,7 @@ def add_fit_options(
     )
     parser.add_argument(
         "--chunk-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CHUNK_SIZE,
         help=f"rows per E-step chunk; bounds memory (default: {DEFAULT_CHUNK_SIZE})",
     )
@@ -188,29 +136,6 @@ def add_guide_options(parser: argparse.ArgumentParser) -> None:
     )
     choice.add_argument(
         "--anneal", default=None, metavar="T0:T1:STEPS", help="instead of --guide: " + ANNEAL_HELP
-    )
-
-
-def add_dp_options(parser: argparse.ArgumentParser) -> None:
-    """``fit``'s DP-means: --dp-lambda instead of --k, and --max-k (``inference.dpmeans``)."""
-    for action in parser._actions:  # --k: required unless --dp-lambda (check_dp_options)
-        if action.dest == "k":
-            action.required = False
-            action.help = f"{action.help}; required unless --dp-lambda"
-    parser.add_argument(
-        "--dp-lambda",
-        type=_non_negative_float,
-        default=None,
-        metavar="LAMBDA",
-        help="DP-means instead of --k: the cost of a component, in the model's divergence "
-        "(restricted-gmm, poisson, bernoulli; --guide delta) (default: none)",
-    )
-    parser.add_argument(
-        "--max-k",
-        type=_positive_int,
-        default=None,
-        metavar="KMAX",
-        help="DP-means: open no component beyond KMAX (default: N)",
     )
 
 
@@ -240,77 +165,6 @@ def add_compare_parser(commands: Any) -> None:
     )
 
 
-def k_range(text: str) -> range:
-    """``--k A:B`` of ``select``: A..B inclusive, 1 <= A <= B, or a single ``K``."""
-    parts = text.strip().split(":")
-    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(
-            f"expected A:B with whole numbers 1 <= A <= B (or one K), got {text!r}"
-        )
-    low, high = int(parts[0]), int(parts[-1])
-    if low < 1:
-        raise argparse.ArgumentTypeError(f"K starts at 1, got {text!r}")
-    if high < low:
-        raise argparse.ArgumentTypeError(f"empty range {text!r}: A:B needs A <= B")
-    if high > INT64_MAX:
-        raise argparse.ArgumentTypeError(f"expected K below 2**63, got {text!r}")
-    return range(low, high + 1)
-
-
-def _fraction(text: str) -> float:
-    value = _non_negative_float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
-
-
-def add_select_parser(commands: Any) -> None:
-    """``mixem select``: the fit options with ``--k A:B``, ``--criterion``, ``--restarts``."""
-    from inference.selection import CRITERIA
-
-    parser = commands.add_parser(
-        "select",
-        help="choose K: fit every K of a range and compare BIC, AIC, ICL or held-out fit",
-        description="Fit the model for every K of --k (restarts from the starts --init gives "
-        "with seeds --seed, --seed + 1, ...; the best final ELBO kept), choose K by "
-        "--criterion; write select.csv, select.png and the chosen fit's outputs (as fit "
-        "writes them) to --out.",
-    )
-    add_fit_options(parser, fixed_k=False)
-    parser.add_argument(
-        "--k",
-        required=True,
-        type=k_range,
-        metavar="A:B",
-        help="the K's to fit, A to B inclusive (1 <= A <= B <= N), or one K",
-    )
-    parser.add_argument(
-        "--guide",
-        default="delta",
-        help=f"guide family NAME[:ARG], one of: {GUIDE_SYNTAX} (default: delta)",
-    )
-    parser.add_argument(
-        "--criterion",
-        choices=CRITERIA,
-        default="bic",
-        help="lowest bic, aic or icl, or highest held-out log-likelihood per point (default: bic)",
-    )
-    parser.add_argument(
-        "--restarts",
-        type=_positive_int,
-        default=1,
-        help="fits per K from different seeds of the start; the best final ELBO is kept "
-        "(default: 1)",
-    )
-    parser.add_argument(
-        "--heldout-fraction",
-        type=_fraction,
-        default=0.2,
-        help="--criterion heldout: the share of rows held out, chosen with --seed; the other "
-        "columns are then computed on the rest (default: 0.2)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mixem", description="Variational EM for mixture models with swappable guide families."
@@ -334,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-iter counts its iterations too) (default: start afresh)",
     )
     add_compare_parser(commands)
-    add_select_parser(commands)
+    add_select_parser(commands, add_fit_options)
     demo = commands.add_parser(
         "demo",
         help="the derivation of K-means from EM, as checks and figures",

@@ -1,6 +1,6 @@
 """``mixem fit --dp-lambda LAMBDA [--max-k KMAX]``: DP-means from the command line.
 
-The options are checked by ``inference.cli_args.check_dp_options``; the outputs are those of a
+The options are checked by ``inference.cli_dp_args.check_dp_options``; the outputs are those of a
 fit (trace.csv / trace.json with the ``dp_objective`` column, labels.npy, params.npz with the
 final K rows, summary.json with ``n_components``, trace.png), written as one set by the same
 writers. A first Ctrl-C / SIGTERM during the loop stops after the iteration in progress and

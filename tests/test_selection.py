@@ -17,7 +17,7 @@ from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
 from inference import selection
 from inference.cli import main
-from inference.cli_args import k_range
+from inference.cli_select_args import k_range
 from inference.data import make_blobs
 from inference.estimator import MixtureEM
 from inference.guides import Delta
