@@ -8,7 +8,7 @@ loaded: the directory and the ``.so`` must be owned by the current user and writ
 else (and not be symbolic links); when they are not, the library is built into a fresh private
 temporary directory instead (mode 0700, removed once the library is loaded). A build writes into
 a temporary file beside its target and renames it into place, so concurrent first uses never see
-half a file.
+half a file. A source's ``#include "NAME"`` lines are pasted in (``source_text``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import stat
 import subprocess
@@ -88,6 +89,17 @@ def _private_cache() -> Path | None:
     return root if is_private(root, directory=True) else None
 
 
+def source_text(source: Path) -> str:
+    """``source`` with each ``#include "NAME"`` line replaced by the text of NAME (relative to
+    the source's directory): the build compiles one file in a temporary directory, and the
+    cache key then covers the shared header as well."""
+    lines = []
+    for line in source.read_text().splitlines(keepends=True):
+        found = re.fullmatch(r'\s*#include "([^"]+)"\s*', line)
+        lines.append((source.parent / found.group(1)).read_text() if found else line)
+    return "".join(lines)
+
+
 def cache_key(code: str, cc: str, flags: Sequence[str]) -> str:
     """The hash naming a library built from ``code`` by ``cc`` with ``flags``."""
     parts = [code, cc, _compiler_version(cc), *flags, _cpu_flags()]
@@ -121,7 +133,7 @@ def build(
     cc = compiler()
     if cc is None:
         raise OSError("no C compiler (set CC)")
-    code = source.read_text()
+    code = source_text(source)
     filename = f"{name}-{cache_key(code, cc, flags)}.so"
     root = _private_cache()
     if root is not None:
