@@ -1,5 +1,6 @@
 """Variational EM for mixture models written in Pyro, with swappable guide families."""
 
+from inference.dpmeans import DPMeansRecord, DPMeansResult, dp_means, lambda_for_k
 from inference.em import EStep, FitResult, e_step, fit
 from inference.enumerate import iter_log_joint, log_joint
 from inference.errors import MixemError, NonFiniteError
@@ -20,6 +21,8 @@ from inference.trace import TraceRecord
 __all__ = [
     "Anneal",
     "Categorical",
+    "DPMeansRecord",
+    "DPMeansResult",
     "Delta",
     "EStep",
     "FitResult",
@@ -31,9 +34,11 @@ __all__ = [
     "Tempered",
     "TopK",
     "TraceRecord",
+    "dp_means",
     "e_step",
     "fit",
     "iter_log_joint",
+    "lambda_for_k",
     "log_joint",
     "parse_guide",
     "pyro_guide",

@@ -21,7 +21,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import torch
 from torch import Tensor
@@ -36,12 +36,13 @@ from inference.checks import (
     mean_feature_variance,
 )
 from inference.distributed import LOCAL, Reducer
+from inference.dpmeans import DPMeansRecord, DPMeansResult
+from inference.dpmeans_fit import fit_dp_means
 from inference.elbo import fit_and_entropy, log_evidence_from_table
+from inference.em_record import global_term, record, stop_reason
 from inference.enumerate import DEFAULT_CHUNK_SIZE, iter_log_joint
-from inference.errors import MixemError
 from inference.guides import Delta, GuideFamily, Schedule, as_schedule
-from inference.mstep import closed_form_m_step, family_update, gradient_m_step, has_closed_form
-from inference.observed import model_form
+from inference.mstep import MStep, choose_m_step
 from inference.params import get_params, squared_shift
 from inference.responsibilities import Assembler, Responsibilities
 from inference.state import EStep
@@ -60,9 +61,6 @@ class FitResult(NamedTuple):
     n_iter: int
     converged: bool
     stop_reason: str
-
-
-MStep = Callable[[Any, Tensor, EStep], int]
 
 
 def e_step(
@@ -100,54 +98,7 @@ def e_step(
     return EStep(q, torch.cat(labels), torch.cat(fits), float(totals[0]), float(totals[1]))
 
 
-def choose_m_step(
-    model: Any,
-    x: Tensor,
-    kind: Literal["auto", "closed", "family", "gradient"] | MStep,
-    chunk_size: int,
-    reducer: Reducer = LOCAL,
-) -> MStep:
-    """The M-step to use ("auto": the first that applies), or as asked:
-
-    * "closed": the model's own ``m_step`` from the statistics;
-    * "family": an exponential-family model without one: L-BFGS on the statistics alone;
-    * "gradient": L-BFGS on Pyro's ELBO with the guide held at q (any model; a pass per step).
-    """
-    if callable(kind):
-        return kind
-    update = None  # the model's own m_step
-    if kind == "family" or (kind == "auto" and not has_closed_form(model)):
-        if isinstance(x, Tensor) and model_form(model, x) is not None:
-            update = family_update(model, x)
-        elif kind == "family":
-            raise MixemError(f"{type(model).__name__} is not an exponential-family mixture")
-    if update is not None or kind == "closed" or (kind == "auto" and has_closed_form(model)):
-        if update is None and not has_closed_form(model):
-            raise MixemError(f"{type(model).__name__} has no closed-form M-step; use 'gradient'")
-        return lambda m, x, est: closed_form_m_step(
-            m, x, est.q, est.point_fit, chunk_size, reducer, est.stats, est.row_stats, update
-        )
-    if kind in ("auto", "gradient"):
-        return lambda m, x, est: (gradient_m_step(m, x, est.q, reducer=reducer), 0)[1]
-    raise MixemError(
-        f"unknown m_step {kind!r}; expected 'auto', 'closed', 'family', 'gradient' or a function"
-    )
-
-
-def _record(
-    iteration: int, est: EStep, n_changed: int, n_relocated: int, started: float
-) -> TraceRecord:
-    return TraceRecord(
-        iteration,
-        est.elbo,
-        est.log_evidence,
-        est.log_evidence - est.elbo,
-        n_changed,
-        n_relocated,
-        time.perf_counter() - started,
-    )
-
-
+@overload
 def fit(
     model: Any,
     x: Tensor,
@@ -160,7 +111,44 @@ def fit(
     callback: Callable[[TraceRecord], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     reducer: Reducer = LOCAL,
-) -> FitResult:
+    dp_lambda: None = None,
+    max_k: None = None,
+) -> FitResult: ...
+
+
+@overload
+def fit(
+    model: Any,
+    x: Tensor,
+    guide: GuideFamily | Schedule | None = None,
+    *,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    m_step: Literal["auto", "closed", "family", "gradient"] | MStep = "auto",
+    callback: Callable[[DPMeansRecord], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    reducer: Reducer = LOCAL,
+    dp_lambda: float,
+    max_k: int | None = None,
+) -> DPMeansResult: ...
+
+
+def fit(
+    model: Any,
+    x: Tensor,
+    guide: GuideFamily | Schedule | None = None,
+    *,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    m_step: Literal["auto", "closed", "family", "gradient"] | MStep = "auto",
+    callback: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    reducer: Reducer = LOCAL,
+    dp_lambda: float | None = None,
+    max_k: int | None = None,
+) -> FitResult | DPMeansResult:
     """Variational EM of ``model`` on ``x`` (N, D) with q restricted to ``guide``'s family.
 
     Stops at the first of:
@@ -188,10 +176,26 @@ def fit(
         should_stop: asked before each M-step (after the previous iteration's criteria); True
             ends the fit there with ``stop_reason="interrupted"``, the model, labels and trace
             all of the last completed iteration (how Ctrl-C stops a CLI fit cleanly).
+        dp_lambda, max_k: DP-means instead (``inference.dpmeans``): K chosen by the data at a
+            cost ``dp_lambda`` per component, at most ``max_k``; ``model`` (restricted-gmm,
+            poisson or bernoulli) is the template of a new model, returned in a DPMeansResult.
         reducer: when ``x`` is one worker's shard of the data, sums over all workers
             (``inference.distributed``); labels and q are then the shard's, every total
             (ELBO, log evidence, changed labels, statistics) is global.
     """
+    if dp_lambda is not None or max_k is not None:
+        return fit_dp_means(
+            model,
+            x,
+            guide,
+            dp_lambda,
+            max_k,
+            max_iter,
+            m_step,
+            reducer,
+            callback=callback,
+            should_stop=should_stop,
+        )
     check_fit_arguments(
         model,
         x,
@@ -224,7 +228,7 @@ def fit(
     est = best_q(family_at(0), None)
     trace: list[TraceRecord] = []
     check_finite(est, 0, trace)
-    trace.append(_record(0, est, n_total, 0, started))
+    trace.append(record(0, est, n_total, 0, started, global_term(model, n_total)))
     if callback:
         callback(trace[-1])
     reason, n_iter = "max_iter", 0
@@ -254,13 +258,15 @@ def fit(
         n_changed = est.n_changed
         if n_changed is None:  # count_nonzero: a bool's .sum() makes an int64 copy of N first
             n_changed = int(reducer.sum(torch.count_nonzero(est.labels != previous.labels)))
-        trace.append(_record(n_iter, est, n_changed, n_relocated, started))
+        extra = global_term(model, n_total)
+        trace.append(record(n_iter, est, n_changed, n_relocated, started, extra))
         if callback:
             callback(trace[-1])
         if family != family_at(n_iter - 1):
             continue  # a schedule is still moving: this E-step's q is not the last one's kind
-        soft_change = abs(est.elbo - previous.elbo) / n_total if tol > 0 else math.inf
-        stop = _stop_reason(family, shift, shift_tol, n_changed, n_relocated, est, previous)
+        # the records' ELBOs: a model's global term is part of what the steps raise
+        soft_change = abs(trace[-1].elbo - trace[-2].elbo) / n_total if tol > 0 else math.inf
+        stop = stop_reason(family, shift, shift_tol, n_changed, n_relocated, est, previous)
         if stop is None and not family.hard and soft_change < tol:
             stop = "ELBO change below tol"
         if stop is not None:
@@ -268,27 +274,3 @@ def fit(
             break
     converged = reason not in ("max_iter", "interrupted")
     return FitResult(model, est.labels, est.q, trace, n_iter, converged, reason)
-
-
-def _stop_reason(
-    family: GuideFamily,
-    shift: float,
-    shift_tol: Callable[[], float],
-    n_changed: int,
-    n_relocated: int,
-    est: EStep,
-    previous: EStep,
-) -> str | None:
-    """Why a hard family's fit stops after this iteration, or None to go on (see ``fit``)."""
-    # scikit-learn's order: the shift of this M-step is judged before the labels it yields
-    if family.hard and shift <= shift_tol():
-        return "parameter shift below tol"
-    if family.hard and n_changed == 0 and (n_relocated == 0 or est.elbo <= previous.elbo):
-        # a refill that moved no label and raised no ELBO only shuffles duplicate points
-        # among tied components (K > distinct points); going on would cycle (sklearn #28055)
-        if getattr(family, "search", None) is not None:
-            # only the candidates were searched: a fixed point of the search, which need not
-            # put every point at its best component
-            return "truncated search unchanged"
-        return "assignments unchanged"
-    return None

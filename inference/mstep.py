@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
@@ -26,6 +26,7 @@ from inference.guides import is_exact_for_trace_elbo, pyro_guide
 from inference.mstep_family import family_m_step, lbfgs
 from inference.observed import fit_shift, model_form, row_statistics
 from inference.responsibilities import Responsibilities
+from inference.state import EStep
 
 Stats = dict[str, Tensor]
 
@@ -248,3 +249,40 @@ def gradient_m_step(
         with torch.no_grad():
             local = torch.tensor([elbo.loss(model, guide, x)], dtype=torch.float64)
             return -float(reducer.sum(local)[0]) / n
+
+
+MStep = Callable[[Any, Tensor, EStep], int]
+
+
+def choose_m_step(
+    model: Any,
+    x: Tensor,
+    kind: Literal["auto", "closed", "family", "gradient"] | MStep,
+    chunk_size: int,
+    reducer: Reducer = LOCAL,
+) -> MStep:
+    """The M-step to use ("auto": the first that applies), or as asked:
+
+    * "closed": the model's own ``m_step`` from the statistics;
+    * "family": an exponential-family model without one: L-BFGS on the statistics alone;
+    * "gradient": L-BFGS on Pyro's ELBO with the guide held at q (any model; a pass per step).
+    """
+    if callable(kind):
+        return kind
+    update = None  # the model's own m_step
+    if kind == "family" or (kind == "auto" and not has_closed_form(model)):
+        if isinstance(x, Tensor) and model_form(model, x) is not None:
+            update = family_update(model, x)
+        elif kind == "family":
+            raise MixemError(f"{type(model).__name__} is not an exponential-family mixture")
+    if update is not None or kind == "closed" or (kind == "auto" and has_closed_form(model)):
+        if update is None and not has_closed_form(model):
+            raise MixemError(f"{type(model).__name__} has no closed-form M-step; use 'gradient'")
+        return lambda m, x, est: closed_form_m_step(
+            m, x, est.q, est.point_fit, chunk_size, reducer, est.stats, est.row_stats, update
+        )
+    if kind in ("auto", "gradient"):
+        return lambda m, x, est: (gradient_m_step(m, x, est.q, reducer=reducer), 0)[1]
+    raise MixemError(
+        f"unknown m_step {kind!r}; expected 'auto', 'closed', 'family', 'gradient' or a function"
+    )

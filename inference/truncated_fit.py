@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -24,7 +24,7 @@ def fit_truncated(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     truncated_chunk_size: int = 65536,
     evidence_every: int = 0,
-    m_step: str = "auto",
+    m_step: Literal["auto", "closed", "family", "gradient"] = "auto",
     callback: Callable[[TraceRecord], None] | None = None,
 ) -> FitResult:
     """Variational EM of ``model`` on ``x`` (N, D) with truncated ``topk:k`` E-steps.
@@ -32,7 +32,7 @@ def fit_truncated(
     The first E-step is full (``TopK(k)`` on the whole table, ~1 s at (2e5, 16, 1024)): every
     K_i starts at the exact top k (a random start would spend iterations finding each point's
     clusters) and iteration 0 gets its log evidence. Then each iteration is an M-step
-    (``inference.em.choose_m_step``) and a truncated E-step. Stops as ``inference.em.fit``
+    (``inference.mstep.choose_m_step``) and a truncated E-step. Stops as ``inference.em.fit``
     does for ``TopK(k)``: with G >= K - 1 both fits are the same.
 
     Args:
@@ -54,6 +54,6 @@ def fit_truncated(
         max_iter=max_iter,
         tol=tol,
         chunk_size=chunk_size,
-        m_step=m_step,  # type: ignore[arg-type]
+        m_step=m_step,
         callback=callback,
     )
