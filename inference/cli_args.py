@@ -84,6 +84,12 @@ def add_fit_options(
         help="gmm: added to the diagonal of each covariance (default: 1e-6)",
     )
     parser.add_argument(
+        "--dp-concentration",
+        type=float,
+        default=1.0,
+        help="dp-gmm: the Dirichlet process's concentration alpha > 0 (default: 1.0)",
+    )
+    parser.add_argument(
         "--fixed-weights",
         action="store_true",
         help="keep the mixing weights uniform (with --guide delta: Bregman hard clustering)",

@@ -30,6 +30,7 @@ CLI_OPTIONS: dict[str, tuple[str, str, Any, Callable[[Any], Any]]] = {
     "reg_covar": ("--reg-covar", "reg_covar", 1e-6, float),
     "learn_weights": ("--fixed-weights", "fixed_weights", False, lambda fixed: not fixed),
     "shared_concentration": ("--shared-concentration", "shared_concentration", False, bool),
+    "concentration": ("--dp-concentration", "dp_concentration", 1.0, float),
 }
 
 

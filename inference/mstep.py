@@ -135,6 +135,8 @@ def relocate_empty_components(
         The corrected statistics and the number of components refilled.
     """
     empty = torch.nonzero(stats["counts"] <= 0).reshape(-1)
+    if empty.numel() == 0:  # (the counts are global: every worker returns here alike)
+        return stats, 0
     n_total = int(reducer.sum(torch.tensor([x.shape[0]], device=x.device))[0])
     n_empty = min(int(empty.numel()), n_total)
     if n_empty == 0:
@@ -170,6 +172,9 @@ def closed_form_m_step(
 ) -> int:
     """Update the model in place from its sufficient statistics; returns components refilled.
 
+    Empty components are refilled (``relocate_empty_components``) unless the model declares
+    ``refill_empty = False``.
+
     Args:
         x: (N, D) data; q: responsibilities of the N points; point_fit: (N,) as in
             ``relocate_empty_components``.
@@ -183,9 +188,12 @@ def closed_form_m_step(
         if summed is None:
             local = sufficient_statistics(model, x, q, chunk_size)
             summed = {name: _sum_over_workers(name, v, reducer) for name, v in local.items()}
-        stats, n_relocated = relocate_empty_components(
-            model, summed, x, q, point_fit, reducer, stats_of
-        )
+        if getattr(model, "refill_empty", True):
+            stats, n_relocated = relocate_empty_components(
+                model, summed, x, q, point_fit, reducer, stats_of
+            )
+        else:  # a model whose empty components are part of its answer (a truncated DP prior)
+            stats, n_relocated = summed, 0
     (update or model.m_step)(stats)  # type: ignore[attr-defined]
     return n_relocated
 

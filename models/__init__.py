@@ -30,6 +30,7 @@ from typing import Any
 
 from models.bernoulli import BernoulliMixture
 from models.categorical import CategoricalMixture
+from models.dp_mixture import DPMixture
 from models.gmm import GMM
 from models.poisson import PoissonMixture
 from models.restricted_gmm import RestrictedGMM
@@ -45,6 +46,7 @@ MODELS: dict[str, Any] = {
     "poisson": PoissonMixture,
     "categorical": CategoricalMixture,
     "vmf": VMFMixture,
+    "dp-gmm": DPMixture,
 }
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "MODELS",
     "BernoulliMixture",
     "CategoricalMixture",
+    "DPMixture",
     "PoissonMixture",
     "RestrictedGMM",
     "VMFMixture",
