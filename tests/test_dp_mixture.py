@@ -22,7 +22,6 @@ from inference.em import fit
 from inference.errors import MixemError
 from inference.guides import Categorical, Delta
 from inference.init import kmeans_plusplus
-from inference.mstep import sufficient_statistics
 from models import MODELS, DPMixture
 from models.dp_mixture import expected_log_weights, stick_update
 
