@@ -15,6 +15,7 @@ from inference.guides import (
     parse_guide,
     pyro_guide,
 )
+from inference.load import load
 from inference.responsibilities import Responsibilities
 from inference.trace import TraceRecord
 
@@ -39,6 +40,7 @@ __all__ = [
     "fit",
     "iter_log_joint",
     "lambda_for_k",
+    "load",
     "log_joint",
     "parse_guide",
     "pyro_guide",

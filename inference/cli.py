@@ -1,5 +1,5 @@
-"""``mixem``: fit a mixture with a chosen guide family, compare families, choose K, or run the
-demo.
+"""``mixem``: fit a mixture with a chosen guide family, compare families, choose K, label new
+data with a saved fit, or run the demo.
 
 Errors in the input are one line on stderr and exit code 2; outputs are written only after a
 fit has finished, each file atomically, so a failed run leaves DIR as it was.
@@ -20,8 +20,9 @@ from inference.distributed import Reducer
 from inference.dpmeans_cli import run_dp_fit
 from inference.em import FitResult
 from inference.errors import MixemError
-from inference.fit_io import build_model, load_data, write_fit_outputs
+from inference.fit_io import build_model, check_overwrite, load_data, write_fit_outputs
 from inference.guides import Anneal, parse_anneal, parse_guide
+from inference.hmm_cli import check_hmm_options, run_hmm_compare, run_hmm_fit
 from inference.online import fit_minibatch
 from inference.outputs import (
     check_out,
@@ -90,6 +91,9 @@ def _fit_loop(
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    check_hmm_options(args)
+    if args.model == "hmm":  # a chain, not a mixture: its own loop (inference.hmm_cli)
+        return run_hmm_fit(args)
     if args.dp_lambda is not None:  # DP-means: K chosen by the data (inference.dpmeans)
         return run_dp_fit(args)
     started = time.perf_counter()
@@ -148,6 +152,9 @@ def run_compare(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     specs = [s.strip() for s in args.guides.split(",")]
+    check_hmm_options(args)
+    if args.model == "hmm":
+        return run_hmm_compare(args, specs)
     if args.anneal:
         specs.append(parse_anneal(args.anneal).name)
     parse_guides(specs, args.k, args.seed)  # bad names fail before the data is read
@@ -195,12 +202,18 @@ def out_of_memory(err: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # summary.json's "command"
+        check_overwrite(args)  # a non-empty --out needs --force
         if args.command == "fit":
             return run_fit(args)
         if args.command == "compare":
             return run_compare(args)
         if args.command == "select":
             return run_select(args)
+        if args.command == "predict":
+            from inference.predict_cli import run_predict
+
+            return run_predict(args)
         from inference.demo import run_demo
 
         return 0 if run_demo(args.out, quick=args.quick) else 1

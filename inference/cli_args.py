@@ -15,6 +15,8 @@ from inference.cli_types import non_negative_float, non_negative_int, positive_i
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
 from inference.guides import GUIDE_SYNTAX
+from inference.hmm_cli import add_hmm_options
+from inference.predict_cli import add_predict_parser
 from inference.scale import add_scale_options
 
 
@@ -26,13 +28,24 @@ class _Parser(argparse.ArgumentParser):
         parsed = super().parse_args(args, namespace)
         if getattr(parsed, "command", None) == "fit":
             check_dp_options(parsed)
+            check_save_options(parsed)
         return parsed
+
+
+def check_save_options(args: argparse.Namespace) -> None:
+    """``--save-responsibilities`` needs the N x K q of a fit in one process."""
+    if not getattr(args, "save_responsibilities", False):
+        return
+    if args.dp_lambda is not None:
+        raise MixemError("--save-responsibilities does not apply to --dp-lambda")
+    if getattr(args, "distributed", False):  # each worker holds only its shard's q
+        raise MixemError("--save-responsibilities does not apply to --distributed")
 
 
 def model_names() -> list[str]:
     from models import MODELS
 
-    return sorted(MODELS)
+    return sorted([*MODELS, "hmm"])  # hmm: its own loop (inference.hmm_cli)
 
 
 def add_fit_options(
@@ -130,6 +143,8 @@ def add_fit_options(
         help=f"rows per E-step chunk; bounds memory (default: {DEFAULT_CHUNK_SIZE})",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_hmm_options(parser)
+    parser.add_argument("--force", action="store_true", help="replace what a non-empty --out holds")
 
 
 def add_guide_options(parser: argparse.ArgumentParser) -> None:
@@ -175,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mixem", description="Variational EM for mixture models with swappable guide families."
     )
+    from inference.fit_io import mixem_version
+
+    parser.add_argument("--version", action="version", version=f"mixem {mixem_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fit_parser = commands.add_parser(
         "fit",
@@ -193,8 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the interrupted fit saved in DIR (same --model, --guide, --k and data; "
         "--max-iter counts its iterations too) (default: start afresh)",
     )
+    fit_parser.add_argument(
+        "--save-responsibilities",
+        action="store_true",
+        help="also write responsibilities.npy, the (N, K) q of the final E-step",
+    )
     add_compare_parser(commands)
     add_select_parser(commands, add_fit_options)
+    add_predict_parser(commands)
     demo = commands.add_parser(
         "demo",
         help="the derivation of K-means from EM, as checks and figures",

@@ -4,6 +4,9 @@ outputs of one fit (written inside the output set that ``inference.outputs`` swa
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,8 @@ from inference.data import load_array, to_tensor
 from inference.em import FitResult
 from inference.errors import MixemError
 from inference.init import kmeans_plusplus, random_points
-from inference.outputs import write_json, write_npy, write_npz, write_plot, write_text
+from inference.load import STATE_FILE
+from inference.outputs import check_out, write_json, write_npy, write_npz, write_plot, write_text
 from inference.params import get_params
 from inference.runner import run_settings
 from inference.scale import DataInfo
@@ -82,6 +86,12 @@ def write_fit_outputs(
     write_text(out / "trace.json", json_text(rows))
     write_npy(out / "labels.npy", result.labels.cpu().numpy().astype(np.int64))
     write_npz(out / "params.npz", {k: v.cpu().numpy() for k, v in get_params(result.model).items()})
+    # the unconstrained values and buffers: inference.load reads the parameters back bit for bit
+    state = {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()}
+    write_npz(out / STATE_FILE, state)
+    if getattr(args, "save_responsibilities", False):  # (N, K) q of the final E-step
+        q = result.q.dense(int(result.model.n_components))
+        write_npy(out / "responsibilities.npy", q.detach().cpu().numpy())
     write_plot(out / "trace.png", lambda p: plot_traces({args.guide: result.trace}, p))
     summary = {
         "status": status,
@@ -92,5 +102,63 @@ def write_fit_outputs(
         "elbo": last.elbo,
         "log_evidence": last.log_evidence,
         "seconds": seconds,
+        **{key: getattr(args, key, None) for key in ("seed", "init", "tol", "max_iter")},
+        "versions": versions(),
+        "command": command_line(args),
     }
     write_json(out / "summary.json", summary)
+
+
+def versions() -> dict[str, str]:
+    """The versions a result was computed with: mixem, torch, pyro, python."""
+    import pyro
+
+    return {
+        "mixem": mixem_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def mixem_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mixem")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The command as typed (``inference.cli.main`` keeps its argv in ``args.argv``)."""
+    argv = getattr(args, "argv", None)
+    return ["mixem", *(sys.argv[1:] if argv is None else argv)]
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.abspath(path)).resolve()
+
+
+def check_overwrite(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` that exists and is not empty unless ``--force``; the directory that
+    ``--resume`` continues (an interrupted fit's own) is not refused.
+
+    Raises:
+        MixemError: one line saying to pass --force or choose another directory (what
+            ``check_out`` refuses even with --force, e.g. foreign files, gets its message).
+    """
+    out = getattr(args, "out", None)
+    if out is None or args.command == "demo" or getattr(args, "force", False):
+        return
+    target = _resolved(out)
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    resume = getattr(args, "resume", None)
+    if resume is not None and _resolved(resume) == target:
+        return
+    check_out(out)
+    raise MixemError(
+        f"--out {out}: exists and is not empty; pass --force to replace what it holds or "
+        "choose another directory"
+    )

@@ -108,6 +108,10 @@ def _progress(total: int, quiet: bool) -> Any:
 
 def _checked_args(args: argparse.Namespace) -> None:
     """What can be refused before the data is read."""
+    if args.model == "hmm":
+        raise MixemError("select sweeps the K of a mixture; --model hmm is not one of them yet")
+    if args.lengths is not None or args.emission is not None:
+        raise MixemError("--lengths and --emission apply to --model hmm only")
     if args.init.endswith((".npy", ".npz")):
         raise MixemError(
             f"--init {args.init}: a file of starting parameters fixes K; select takes "

@@ -117,6 +117,12 @@ CASES: dict[str, Case] = {
         2,
         "--out blobs.npy: exists and is not a directory",
     ),
+    "--out holds a previous set": Case(
+        _fit("blobs.npy", "3", "restricted-gmm", "--out", "done"),
+        2,
+        "--out done: exists and is not empty; pass --force to replace what it holds or choose "
+        "another directory",
+    ),
 }
 
 
@@ -147,6 +153,8 @@ def _write_data(directory: Path) -> None:
     for name, array in arrays.items():
         np.save(directory / f"{name}.npy", array)
     np.savez(directory / "init_names.npz", foo=np.zeros((3, 2)))
+    (directory / "done").mkdir()  # a previous run's set: refused without --force
+    (directory / "done" / "summary.json").write_text("{}")
     (directory / "empty.csv").write_text("")
     (directory / "text.csv").write_text("a,b\n1,2\n3,x\n")
     (directory / "typo.csv").write_text("1,x\n1,2\n3,4\n")  # no header: a typo in row 1

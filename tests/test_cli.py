@@ -55,6 +55,7 @@ def test_fit_writes_every_output_and_matches_sklearn(tmp_path, capsys):
         "params.npz",
         "summary.json",
         "trace.png",
+        "model_state.npz",  # what inference.load reads the parameters back from, bit for bit
     }
     labels = np.load(out / "labels.npy")
     assert labels.dtype == np.int64 and labels.shape == (150,)
@@ -161,7 +162,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_out_alone(tmp_path, capsys, mak
     out = tmp_path / "o"
     out.mkdir()
     (out / "summary.json").write_text("previous run")
-    code, _, stderr = run(capsys, *make_args(tmp_path))
+    code, _, stderr = run(capsys, *make_args(tmp_path), "--force")  # a non-empty --out
     assert code == 2
     assert stderr.count("\n") == 1 and stderr.startswith("mixem: error: ") and message in stderr
     assert "Traceback" not in stderr

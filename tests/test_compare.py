@@ -193,7 +193,7 @@ def test_compare_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, caps
     out = tmp_path / "cmp"
     out.mkdir()
     (out / "summary.json").write_text("previous run")
-    code, _, stderr = run(capsys, *compare_args(out, *extra))
+    code, _, stderr = run(capsys, *compare_args(out, *extra), "--force")  # a non-empty --out
     assert code == 2
     assert stderr.count("\n") == 1 and stderr.startswith("mixem: error: ") and message in stderr
     assert [p.name for p in out.iterdir()] == ["summary.json"]

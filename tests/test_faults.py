@@ -290,7 +290,7 @@ def test_a_full_disk_leaves_the_old_set_and_no_temporary(tmp_path, capsys, monke
         real_fsync(fd)
 
     monkeypatch.setattr(outputs.os, "fsync", full_disk)
-    code, err = main(_argv(out, "--max-iter", "2")), capsys.readouterr().err
+    code, err = main(_argv(out, "--max-iter", "2", "--force")), capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
     assert _set_bytes(out) == old and _siblings(out) == []
 
@@ -303,13 +303,14 @@ def test_a_kill_while_writing_leaves_the_old_set_whole(tmp_path, signals):
     from inference.outputs import SIGNALS_DURING_WRITE_ENV
 
     # a first SIGTERM is deferred, a second kills at once; SIGKILL cannot be handled at all
-    done = _run_cli(_argv(out, "--max-iter", "2"), {SIGNALS_DURING_WRITE_ENV: f"{signals}:3"})
+    again = _argv(out, "--max-iter", "2", "--force")  # --out holds the first set
+    done = _run_cli(again, {SIGNALS_DURING_WRITE_ENV: f"{signals}:3"})
     last = getattr(signal, signals.split(",")[-1])
     assert done.returncode == -last and "Traceback" not in done.stderr, done.stderr
     assert _set_bytes(out) == old  # never a mix of the two runs
     if last == signal.SIGTERM:  # the handler dropped the half-written set and the lock
         assert _siblings(out) == []
-    assert _run_cli(_argv(out, "--max-iter", "2"), {}).returncode == 0  # cleans what -9 left
+    assert _run_cli(again, {}).returncode == 0  # cleans what -9 left
     assert _siblings(out) == [] and _set_bytes(out) != old
     assert json.loads((out / "summary.json").read_text())["n_iter"] == 2
 
@@ -417,7 +418,7 @@ def test_resume_refuses_a_checkpoint_missing_parameters(tmp_path, monkeypatch, c
     argv = _interrupted_on_file(tmp_path, monkeypatch)
     argv[argv.index("restricted-gmm")] = "gmm"
     monkeypatch.setenv(SIGNAL_AFTER_ENV, "SIGINT:2")
-    assert main(argv) == 130
+    assert main([*argv, "--force"]) == 130  # a new fit over the first one's checkpoint
     monkeypatch.delenv(SIGNAL_AFTER_ENV)
     params = dict(np.load(tmp_path / "run" / "params.npz"))
     del params["covariances"]

@@ -171,7 +171,7 @@ def test_fixed_weights_and_shared_concentration_flags(tmp_path, capsys):
     again = [*fit_args("vmf", data, tmp_path / "again"), *flags, "--max-iter", "0"]
     assert run(capsys, *again, "--init", str(out / "params.npz"))[0] == 0
     np.savez(tmp_path / "w.npz", weights=np.array([0.5, 0.3, 0.2]))
-    code, _, err = run(capsys, *again, "--init", str(tmp_path / "w.npz"))
+    code, _, err = run(capsys, *again, "--init", str(tmp_path / "w.npz"), "--force")
     assert code == 2 and "fixed uniform" in err
     _, counts, _, _ = cases["poisson"]
     code, _, err = run(capsys, *fit_args("poisson", counts, tmp_path / "p"), flags[1])
