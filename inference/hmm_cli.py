@@ -27,6 +27,7 @@ import torch
 from inference.data import load_array, to_tensor
 from inference.errors import MixemError
 from inference.hmm import HMMFitResult, fit_hmm, parse_guide
+from inference.load import STATE_FILE
 from inference.outputs import (
     check_out,
     locked_out,
@@ -39,6 +40,8 @@ from inference.outputs import (
 )
 from inference.runner import deferred_signals
 from inference.trace import csv_text, json_text, plot_traces, to_rows
+
+HMM_OPTIONS = ("covariance_type", "covars_prior", "covars_weight")
 
 # fit's options that an HMM fit does not take: (argparse dest, flag, its default)
 NOT_FOR_HMM = (
@@ -104,12 +107,18 @@ def write_hmm_outputs(
     out: Path, args: argparse.Namespace, x: torch.Tensor, result: HMMFitResult, status: str
 ) -> None:
     rows = to_rows(result.trace)
+    from inference.fit_io import command_line, versions
+
     write_text(out / "trace.csv", csv_text(rows))
     write_text(out / "trace.json", json_text(rows))
     write_npy(out / "labels.npy", result.labels.cpu().numpy().astype(np.int64))
     write_npz(out / "params.npz", {k: v.cpu().numpy() for k, v in result.model.params().items()})
+    # the unconstrained values and buffers: inference.load reads the parameters back bit for bit
+    state = {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()}
+    write_npz(out / STATE_FILE, state)
     write_plot(out / "trace.png", lambda p: plot_traces({args.guide: result.trace}, p))
     last = result.trace[-1]
+    model = result.model
     summary = {
         "status": status,
         "model": "hmm",
@@ -129,6 +138,12 @@ def write_hmm_outputs(
         "stop_reason": result.stop_reason,
         "elbo": last.elbo,
         "log_evidence": last.log_evidence,
+        "model_options": {  # what inference.load rebuilds the model with
+            "emission": model.emission_name,
+            **{k: getattr(model.emission, k) for k in HMM_OPTIONS if hasattr(model.emission, k)},
+        },
+        "versions": versions(),
+        "command": command_line(args),
     }
     write_json(out / "summary.json", summary)
 
@@ -228,3 +243,60 @@ def add_hmm_options(parser: argparse.ArgumentParser) -> None:
         help="hmm: .npy or .csv of the sequence lengths, in the order of the rows of --data "
         "(default: one sequence)",
     )
+
+
+def predict_hmm(
+    model: Any, guide: str, x: torch.Tensor, lengths: torch.Tensor | None, seed: int
+) -> dict[str, Any]:
+    """One E-step of the HMM family ``guide`` on ``x`` (N, D) at ``model``'s parameters: labels
+    (N,), responsibilities (N, K) (q's marginals; one-hot of the path for delta and sampled),
+    the ELBO and log p(x) summed over the sequences ``lengths`` (S,) (None: one)."""
+    est = fit_hmm(model, x, lengths, guide, max_iter=0, seed=seed)
+    q = est.q.marginals
+    if q is None:
+        q = torch.nn.functional.one_hot(est.labels, int(model.n_components)).to(x.dtype)
+    last = est.trace[-1]
+    return {
+        "labels": est.labels.cpu().numpy().astype(np.int64),
+        "responsibilities": q.detach().cpu().numpy(),
+        "elbo": last.elbo,
+        "log_evidence": last.log_evidence,
+    }
+
+
+def run_hmm_predict(args: argparse.Namespace, model: Any, summary: dict[str, Any]) -> int:
+    """``mixem predict`` of an HMM fit: labels.npy, responsibilities.npy, predict.json."""
+    started = time.perf_counter()
+    seed = summary["seed"] if isinstance(summary.get("seed"), int) else 0
+    guide = args.guide or str(summary.get("guide") or "delta")
+    parse_guide(guide, seed)
+    if args.out is not None:
+        if Path(args.out).resolve() == Path(args.fit).resolve():
+            raise MixemError(f"--out {args.out}: is the fit's own directory; choose another")
+        check_out(args.out)
+    dtype = summary.get("dtype")
+    args.dtype = dtype if dtype in ("float32", "float64") else None
+    x, lengths = load_sequences(args)
+    if x.dim() == 2 and isinstance(summary.get("d"), int) and x.shape[1] != summary["d"]:
+        raise MixemError(
+            f"{args.data}: the data has {x.shape[1]} features, the fit in --fit {args.fit} has "
+            f"{summary['d']}; pass data with the fit's columns"
+        )
+    result = predict_hmm(model, guide, x, lengths, seed)
+    info = {"fit": str(args.fit), "data": args.data, "model": "hmm", "guide": guide,
+            "k": int(model.n_components), "n": int(x.shape[0]),
+            "n_sequences": 1 if lengths is None else int(lengths.numel()),
+            "elbo": result["elbo"], "log_evidence": result["log_evidence"],
+            "seconds": time.perf_counter() - started}  # fmt: skip
+    if args.out is not None:
+        with locked_out(args.out):
+            write_set(args.out, lambda out: _write_prediction(out, result, info))
+    where = f"-> {args.out}" if args.out is not None else "(pass --out DIR to save them)"
+    print(f"hmm / {guide}: {info['n']} steps, log evidence {result['log_evidence']:.6g} {where}")
+    return 0
+
+
+def _write_prediction(out: Path, result: dict[str, Any], info: dict[str, Any]) -> None:
+    write_npy(out / "labels.npy", result["labels"])
+    write_npy(out / "responsibilities.npy", result["responsibilities"])
+    write_json(out / "predict.json", info)

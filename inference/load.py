@@ -1,6 +1,7 @@
 """Loading a saved fit: the model that ``mixem fit --out DIR`` wrote, rebuilt from DIR.
 
-DIR holds ``summary.json`` (the model's name, K, dtype, model options, guide) and
+DIR holds ``summary.json`` (the model's name, K, dtype, model options, guide; a mixture of
+``models.MODELS`` or an ``hmm``) and
 ``params.npz`` (the constrained parameters, by name). The model is built from its class's
 constructor with those parameters as keywords, then, when DIR has ``model_state.npz`` (the
 model's ``state_dict``: the unconstrained parameters and buffers such as the fixed reference
@@ -90,7 +91,10 @@ def _categories(probs: torch.Tensor) -> list[int]:
 
 def _build(model_class: Any, params: dict[str, torch.Tensor], options: dict[str, Any]) -> Any:
     """``model_class(**params, **options)``, keywords the constructor does not take left out."""
-    accepted = set(inspect.signature(model_class).parameters)
+    signature = inspect.signature(model_class).parameters
+    accepted = set(signature)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        accepted |= set(params)  # the HMM takes its emission's parameters as **params
     keywords = {**params, **options}
     if "n_categories" in accepted and "probs" in params:
         keywords["n_categories"] = _categories(params["probs"])
@@ -103,21 +107,23 @@ def _build(model_class: Any, params: dict[str, torch.Tensor], options: dict[str,
 def load_fit(directory: str | Path, what: str | None = None) -> LoadedFit:
     """``load``, with the summary and the guide's name; ``what`` names DIR in messages."""
     from models import MODELS
+    from models.hmm import HMM
 
     directory = Path(directory)
     what = what or str(directory)
     summary = _read_summary(directory, what)
     name = summary["model"]
-    if name not in MODELS:
+    classes = {**MODELS, "hmm": HMM}
+    if name not in classes:
         raise MixemError(
             f"{what}: fitted with model {name!r}, which this version does not have (it has: "
-            f"{', '.join(sorted(MODELS))})"
+            f"{', '.join(sorted(classes))})"
         )
     arrays = _read_npz(directory / "params.npz", what)
     params = {key: torch.from_numpy(np.array(value)) for key, value in arrays.items()}
     options = summary.get("model_options") or {}
     try:
-        model = _build(MODELS[name], params, dict(options))
+        model = _build(classes[name], params, dict(options))
     except (TypeError, ValueError) as err:  # MixemError is a ValueError
         raise MixemError(f"{what}: params.npz does not make a {name} model ({err})") from err
     if (directory / STATE_FILE).is_file():

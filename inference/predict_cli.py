@@ -53,6 +53,13 @@ def add_predict_parser(commands: Any) -> None:
         default=DEFAULT_CHUNK_SIZE,
         help=f"rows per E-step chunk; bounds memory (default: {DEFAULT_CHUNK_SIZE})",
     )
+    parser.add_argument(
+        "--lengths",
+        default=None,
+        metavar="PATH",
+        help="an hmm fit's new sequences: their lengths, in the order of the rows of --data "
+        "(default: one sequence)",
+    )
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
 
@@ -120,6 +127,12 @@ def run_predict(args: argparse.Namespace) -> int:
     what = f"--fit {args.fit}"
     fitted = load_fit(args.fit, what)
     summary, model = fitted.summary, fitted.model
+    if summary["model"] == "hmm":  # a chain: the E-step over paths (inference.hmm_cli)
+        from inference.hmm_cli import run_hmm_predict
+
+        return run_hmm_predict(args, model, summary)
+    if args.lengths is not None:
+        raise MixemError("--lengths applies to the fit of an hmm only")
     seed = summary["seed"] if isinstance(summary.get("seed"), int) else 0  # sampled's draws
     guide = args.guide or fitted.guide
     family = family_of(guide, int(model.n_components), seed)

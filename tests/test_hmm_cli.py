@@ -135,3 +135,32 @@ def test_hmm_options_are_refused_elsewhere(capsys, tmp_path, sequences):
     argv = ["select", "--model", "hmm", "--k", "1:3", "--data", data, "--out", tmp_path / "s"]
     code, _, err = run(capsys, *argv)
     assert code == 2 and "--model hmm" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("guide", ["delta", "categorical"])
+def test_load_and_predict_an_hmm_fit(capsys, tmp_path, sequences, guide):
+    import inference
+
+    data, lengths = sequences
+    assert run(capsys, *fit_args(data, lengths, tmp_path / "fit", guide))[0] == 0
+    model = inference.load(tmp_path / "fit")
+    saved = np.load(tmp_path / "fit" / "params.npz")
+    for name, value in model.params().items():  # bit for bit
+        np.testing.assert_array_equal(value.numpy(), saved[name])
+    argv = ["predict", "--fit", tmp_path / "fit", "--data", data, "--lengths", lengths,
+            "--out", tmp_path / "pred"]  # fmt: skip
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    # the fit's final E-step was under these parameters on these rows: the same labels
+    labels = np.load(tmp_path / "pred" / "labels.npy")
+    np.testing.assert_array_equal(labels, np.load(tmp_path / "fit" / "labels.npy"))
+    q = np.load(tmp_path / "pred" / "responsibilities.npy")
+    np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-12)
+    if guide == "delta":
+        np.testing.assert_array_equal(q.argmax(1), labels)
+        assert set(np.unique(q)) == {0.0, 1.0}
+    info = json.loads((tmp_path / "pred" / "predict.json").read_text())
+    fitted = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert info["log_evidence"] == pytest.approx(fitted["log_evidence"], rel=1e-12)
+    code, _, err = run(capsys, "predict", "--fit", tmp_path / "fit", "--data", data)
+    assert code == 0  # one sequence: a different evidence, the same model
