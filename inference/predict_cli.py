@@ -128,7 +128,7 @@ def run_predict(args: argparse.Namespace) -> int:
     fitted = load_fit(args.fit, what)
     summary, model = fitted.summary, fitted.model
     if summary["model"] == "hmm":  # a chain: the E-step over paths (inference.hmm_cli)
-        from inference.hmm_cli import run_hmm_predict
+        from inference.hmm_predict import run_hmm_predict
 
         return run_hmm_predict(args, model, summary)
     if args.lengths is not None:
