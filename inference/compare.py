@@ -2,7 +2,7 @@
 
     results = compare(RestrictedGMM(init), x, ["delta", "categorical", "tempered:0.5", "topk:2"])
     rows = trace_rows(results)            # one dict per guide and iteration, ``guide`` first
-    plot_compare(results, "compare.png")  # ELBO solid, log evidence dashed, one colour per guide
+    plot_compare(results, "compare.png")  # distance to the best ELBO, and the KL gap, per point
     write_compare_outputs("runs/cmp", results, {"data": "iris"})  # what `mixem compare` writes
 
 Every guide starts from a deep copy of the model it is given (or a fresh model from a factory),
@@ -16,14 +16,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from torch import Tensor
 
+from inference.compare_plot import plot_compare_traces
 from inference.em import FitResult, MStep, fit
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
 from inference.guides import GuideFamily, Schedule, parse_schedule
-from inference.outputs import write_json, write_plot, write_text
-from inference.trace import TraceRecord, csv_text, format_evidence, plot_traces, to_rows
+from inference.outputs import write_json, write_npy, write_npz, write_plot, write_text
+from inference.params import get_params
+from inference.trace import TraceRecord, csv_text, format_evidence, to_rows
 
 GuideSpec = str | GuideFamily | Schedule
 
@@ -144,16 +147,35 @@ def summary(results: dict[str, FitResult]) -> dict[str, dict[str, Any]]:
 
 
 def plot_compare(
-    results: dict[str, FitResult], path: str | Path, title: str = "ELBO per iteration by guide"
+    results: dict[str, FitResult], path: str | Path, title: str = "ELBO by guide"
 ) -> None:
-    """Overlay every guide's ELBO (solid) and log evidence (dashed) in one PNG at ``path``."""
-    plot_traces({label: result.trace for label, result in results.items()}, path, title)
+    """Each guide's distance to the best final ELBO and its KL gap, per point, in one PNG at
+    ``path`` (``inference.compare_plot``)."""
+    n = int(next(iter(results.values())).labels.shape[0])
+    traces = {label: result.trace for label, result in results.items()}
+    plot_compare_traces(traces, path, n, title)
+
+
+def guide_directory(label: str) -> str:
+    """A guide's subdirectory of a comparison's outputs: its label, ':' spelled '_'."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+
+
+def write_guide_outputs(out: Path, results: dict[str, FitResult]) -> None:
+    """``out/guides/LABEL/labels.npy`` and ``params.npz``: each guide's own fit."""
+    for label, result in results.items():
+        where = out / "guides" / guide_directory(label)
+        labels = result.labels.cpu().numpy().astype(np.int64)
+        write_npy(where / "labels.npy", labels)
+        params = {k: v.cpu().numpy() for k, v in get_params(result.model).items()}
+        write_npz(where / "params.npz", params)
 
 
 def write_compare_outputs(
     out: str | Path, results: dict[str, FitResult], run_info: dict[str, Any]
 ) -> list[str]:
-    """Write ``out/compare.png``, ``out/trace.csv`` and ``out/summary.json``, each atomically.
+    """Write ``out/compare.png``, ``out/trace.csv``, ``out/summary.json`` and each guide's
+    labels and parameters (``write_guide_outputs``), each file atomically.
 
     Args:
         out: directory (created if missing).
@@ -164,6 +186,7 @@ def write_compare_outputs(
     """
     out, final = Path(out), summary(results)
     write_plot(out / "compare.png", lambda p: plot_compare(results, p))
+    write_guide_outputs(out, results)
     write_text(out / "trace.csv", csv_text(trace_rows(results)))
     write_json(out / "summary.json", {"status": "completed", **run_info, "guides": final})
     lines = [

@@ -149,7 +149,9 @@ def test_compare_cli_writes_trace_summary_and_plot(tmp_path, capsys):
     guides = "delta,categorical,tempered:0.5,topk:2,sampled"
     code, stdout, _ = run(capsys, *compare_args(out, "--guides", guides, "--anneal", "5:1:4"))
     assert code == 0, stdout
-    assert {p.name for p in out.iterdir()} == {"trace.csv", "summary.json", "compare.png"}
+    assert {p.name for p in out.iterdir()} == {"trace.csv", "summary.json", "compare.png", "guides"}
+    saved = {p.name for p in (out / "guides").iterdir()}
+    assert saved == {name.replace(":", "_") for name in [*guides.split(","), "anneal:5:1:4"]}
     with (out / "trace.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
