@@ -10,6 +10,7 @@ and returns printed checks (PASS/FAIL with the number measured) and figures:
   5. the loop = Lloyd's K-means (scikit-learn)                            demo_loop
   6. all guide families; tempered q -> delta as T -> 0; soft EM ->
      K-means as the variance shrinks                                      demo_families
+  7. an HMM: Delta E-step = Viterbi path; Viterbi training vs Baum-Welch  demo_hmm
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from inference.data import load_array, make_blobs, to_tensor
 from inference.demo_checks import Check, Claim
 from inference.demo_estep import claim_density, claim_nearest_centroid, claim_posterior_vs_delta
 from inference.demo_families import claim_families, claim_shrinking_variance, claim_tempered
+from inference.demo_hmm import claim_hmm
 from inference.demo_loop import claim_lloyd, claim_mstep
 from inference.errors import MixemError
 from inference.init import random_points
@@ -68,6 +70,7 @@ def _claims(quick: bool) -> list[Callable[[], Claim]]:
         lambda: claim_families(x, locs, SEED),
         lambda: claim_tempered(x, locs, temperatures),
         lambda: claim_shrinking_variance(x, locs, scales),
+        lambda: claim_hmm(quick, SEED),
     ]
 
 

@@ -84,7 +84,9 @@ def test_init_npz_round_trips(capsys, tmp_path, sequences):
     assert run(capsys, *again, "--max-iter", 0)[0] == 0
     before, after = np.load(params), np.load(tmp_path / "b" / "params.npz")
     for name in before.files:
-        np.testing.assert_array_equal(before[name], after[name])
+        # a simplex value set anew goes through its unconstrained transform: an ulp or two
+        # (inference.load, from model_state.npz, is the bit-for-bit route)
+        np.testing.assert_allclose(before[name], after[name], rtol=1e-14, atol=1e-300)
 
 
 def test_compare_fits_every_guide_from_one_start(capsys, tmp_path, sequences):

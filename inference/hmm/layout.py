@@ -100,3 +100,67 @@ def choose_chunk(lengths: Tensor, K: int) -> int:
         if cost < best_cost:
             best, best_cost = L, cost
     return best
+
+
+def _dense(layout: Layout, n_rows: int) -> bool:
+    """Every chunk is full: the (M, L) grid of rows is 0..N-1 in order (no padding)."""
+    M, L = layout.rows.shape
+    return n_rows == M * L and bool(layout.valid.all())
+
+
+def lay_out(values: Tensor, layout: Layout) -> Tensor:
+    """(N, ...) per row -> (M, L, ...) per chunk step (a view when no chunk is padded)."""
+    if _dense(layout, values.shape[0]):
+        return values.view(*layout.rows.shape, *values.shape[1:])
+    return values[layout.rows]
+
+
+def scatter_rows(values: Tensor, layout: Layout, n_rows: int) -> Tensor:
+    """(M, L, ...) per chunk step -> (N, ...) per row, the padding dropped. The chunks' own
+    steps, in order, are the rows 0..N-1 (``build_layout``'s order), so this is a selection."""
+    if _dense(layout, n_rows):
+        return values.reshape(n_rows, *values.shape[2:])
+    return values[layout.valid]
+
+
+def full_steps(valid: Tensor) -> list[bool]:
+    """Per step: True when it is an own step of every chunk (no masking needed)."""
+    return valid.all(0).tolist()
+
+
+def _reduce(scores: Tensor, dim: int, kind: str) -> Tensor:
+    return torch.logsumexp(scores, dim) if kind == "sum" else scores.amax(dim)
+
+
+def chain_forward(transfer: Tensor, layout: Layout, kind: str) -> Tensor:
+    """(M, K) message at every chunk's last step from the transfer matrices (M, K_in, K)."""
+    end = torch.empty_like(transfer[:, 0])
+    grid = layout.grid
+    msg = transfer[grid[:, 0], 0]  # a first chunk's rows are all the same (from the start)
+    end[grid[:, 0]] = msg
+    for j in range(1, grid.shape[1]):
+        idx = grid[:, j]
+        has = idx >= 0
+        new = _reduce(msg[:, :, None] + transfer[idx.clamp_min(0)], 1, kind)
+        msg = torch.where(has[:, None], new, msg)
+        end[idx[has]] = new[has]
+    return end
+
+
+def chain_backward(transfer: Tensor, layout: Layout) -> Tensor:
+    """(M, K) beta at every chunk's last step: 0 for a sequence's last chunk, else the next
+    chunk's transfer matrix applied to its own exit message."""
+    grid = layout.grid
+    S, J = grid.shape
+    exit_ = torch.zeros_like(transfer[:, 0])
+    ahead = transfer.new_zeros(S, transfer.shape[-1])  # the exit message of chunk j + 1
+    for j in range(J - 1, -1, -1):
+        current = torch.zeros_like(ahead)
+        if j + 1 < J:
+            nxt = grid[:, j + 1]
+            via = torch.logsumexp(transfer[nxt.clamp_min(0)] + ahead[:, None, :], -1)
+            current = torch.where((nxt >= 0)[:, None], via, current)
+        idx = grid[:, j]
+        exit_[idx[idx >= 0]] = current[idx >= 0]
+        ahead = current
+    return exit_

@@ -14,8 +14,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from inference.hmm.layout import Layout
-from inference.hmm.messages import Chain, boundaries, run_backward, run_forward
+from inference.hmm.layout import Layout, lay_out, scatter_rows
+from inference.hmm.messages import (
+    Chain,
+    boundaries,
+    run_backward,
+    run_forward,
+    scaled_backward,
+    scaled_forward,
+)
 
 PAIR_BLOCK = 1 << 20  # entries of one block's (rows, K, K) tensor
 
@@ -42,14 +49,12 @@ def row_sequence(layout: Layout) -> Tensor:
 
 def _scatter(values: Tensor, layout: Layout, n_rows: int) -> Tensor:
     """(M, L, ...) per chunk step -> (N, ...) per row (the padding dropped)."""
-    out = values.new_empty(n_rows, *values.shape[2:])
-    out[layout.rows[layout.valid]] = values[layout.valid]
-    return out
+    return scatter_rows(values, layout, n_rows)
 
 
 def forward_messages(chain: Chain, layout: Layout) -> Tensor:
     """(N, K) alpha_t[k] = log p(x_0..x_t, z_t = k) within each sequence."""
-    emit = chain.log_emit[layout.rows]
+    emit = lay_out(chain.log_emit, layout)
     b = boundaries(chain, layout, emit, "sum")
     _, alpha, _ = run_forward(b.entry, chain.log_trans, emit, layout.valid, "sum", keep=True)
     assert alpha is not None
@@ -58,7 +63,7 @@ def forward_messages(chain: Chain, layout: Layout) -> Tensor:
 
 def log_evidence(chain: Chain, layout: Layout) -> Tensor:
     """(S,) log p(x_s) per sequence, by the forward messages alone."""
-    emit = chain.log_emit[layout.rows]
+    emit = lay_out(chain.log_emit, layout)
     b = boundaries(chain, layout, emit, "sum")
     if b.end is not None:
         return torch.logsumexp(b.end[layout.last_chunks()], -1)
@@ -69,8 +74,11 @@ def log_evidence(chain: Chain, layout: Layout) -> Tensor:
 def forward_backward(chain: Chain, layout: Layout) -> Posterior:
     """The posterior marginals, pairwise sums and log evidence (sum-product)."""
     N = chain.log_emit.shape[0]
-    emit = chain.log_emit[layout.rows]
+    emit = lay_out(chain.log_emit, layout)
     b = boundaries(chain, layout, emit, "sum")
+    found = _scaled_posterior(chain, layout, emit, b.entry, b.exit)
+    if found is not None:
+        return found
     _, alpha, _ = run_forward(b.entry, chain.log_trans, emit, layout.valid, "sum", keep=True)
     assert alpha is not None
     beta = _scatter(run_backward(b.exit, chain.log_trans, emit, layout.valid), layout, N)
@@ -80,6 +88,39 @@ def forward_backward(chain: Chain, layout: Layout) -> Posterior:
     marginals = (alpha + beta - log_z[seq, None]).exp()
     pairs = _pair_sums(alpha, chain.log_emit + beta, chain.log_trans, log_z, layout, seq)
     return Posterior(log_z, marginals, pairs, marginals[layout.starts].sum(0))
+
+
+def _scaled_posterior(
+    chain: Chain, layout: Layout, emit: Tensor, entry: Tensor, exit_: Tensor
+) -> Posterior | None:
+    """``forward_backward`` from the scaled messages: each row's marginals and pairs are
+    normalised products of hats, so no scale is needed but the log evidence's; None when a
+    recursion (or a product here) falls below the floor of exactness (``messages``)."""
+    N, K = chain.log_emit.shape
+    fwd = scaled_forward(entry, chain.log_trans, emit, layout.valid, keep=True)
+    bwd = scaled_backward(exit_, chain.log_trans, emit, layout.valid) if fwd else None
+    if fwd is None or bwd is None or fwd.hat is None or fwd.log_scale is None or bwd.hat is None:
+        return None
+    alpha, beta = _scatter(fwd.hat, layout, N), _scatter(bwd.hat, layout, N)
+    ends = layout.ends
+    log_z = alpha[ends].sum(-1, keepdim=True).log() + _scatter(fwd.log_scale, layout, N)[ends]
+    product = alpha * beta
+    norm = product.sum(-1, keepdim=True)
+    trans = chain.log_trans.exp()
+    top = chain.log_emit.amax(-1, keepdim=True)
+    ahead = (chain.log_emit[1:] - torch.where(torch.isfinite(top[1:]), top[1:], 0.0)).exp()
+    ahead *= beta[1:]  # row t: exp(log_emit_t - top_t) beta_hat_t, for the pair (t - 1, t)
+    pair_norm = ((alpha[:-1] @ trans) * ahead).sum(-1, keepdim=True)
+    floor = torch.finfo(norm.dtype).tiny / torch.finfo(norm.dtype).eps * K * K
+    inner = torch.ones(N - 1, 1, dtype=torch.bool, device=norm.device)
+    inner[layout.starts[1:] - 1] = False  # the pair (end of a sequence, start of the next)
+    low = (norm < floor).any() | ((pair_norm < floor) & inner).any()
+    if bool(low | ~torch.isfinite(log_z).all()):
+        return None
+    marginals = product / norm
+    ahead *= torch.where(inner, 1.0 / pair_norm, 0.0)
+    pairs = trans * (alpha[:-1].T @ ahead)
+    return Posterior(log_z[:, 0], marginals, pairs, marginals[layout.starts].sum(0))
 
 
 def _inner_rows(layout: Layout, n_rows: int) -> Tensor:
@@ -112,13 +153,12 @@ def viterbi(chain: Chain, layout: Layout) -> tuple[Tensor, Tensor]:
 
     Ties go to the lowest state, as numpy's argmax (hmmlearn) breaks them."""
     N = chain.log_emit.shape[0]
-    emit = chain.log_emit[layout.rows]
+    emit = lay_out(chain.log_emit, layout)
     b = boundaries(chain, layout, emit, "max")
-    _, msgs, ptrs = run_forward(b.entry, chain.log_trans, emit, layout.valid, "max", keep=True)
-    assert msgs is not None and ptrs is not None
+    last, _, ptrs = run_forward(b.entry, chain.log_trans, emit, layout.valid, "max", keep=True)
+    assert ptrs is not None
     ptrs[:, 0] = b.entry_arg
-    final_msgs = _scatter(msgs, layout, N)[layout.ends]
-    best, final = final_msgs.max(-1)
+    best, final = last[layout.last_chunks()].max(-1)
     return backtrack(_scatter(ptrs, layout, N), final, layout), best
 
 
@@ -158,22 +198,37 @@ def _draw(scores: Tensor, uniforms: Tensor) -> Tensor:
 
 def backtrack(pointers: Tensor, final: Tensor, layout: Layout) -> Tensor:
     """The path (N,) with z = ``final`` (S,) at each sequence's end and z_{t-1} =
-    pointers[t, z_t] before it, by pointer doubling: log2(longest) rounds of gathers instead of
-    a loop over time. pointers: (N, K) int64 (a sequence's first row is not read)."""
+    pointers[t, z_t] before it. pointers: (N, K) int64 (a sequence's first row is not read).
+
+    All rows make one chain backwards: a sequence's first row points to the previous
+    sequence's final state whatever its own. The rows are cut into G groups of about sqrt(N)
+    rows (the last one padded past row N - 1, whose state is ``final[-1]``); within every group
+    at once, G steps of gathers map the group's last state to each of its rows' states; the
+    groups are then chained by pointer doubling (log2 of their number in rounds of gathers)."""
     N, K = pointers.shape
     device = pointers.device
-    ends = layout.ends
-    is_end = torch.zeros(N, dtype=torch.bool, device=device)
-    is_end[ends] = True
-    target = torch.arange(N, device=device) + 1
-    target[ends] = ends
-    maps = torch.arange(K, device=device).expand(N, K).clone()  # z at row -> z at target
-    inner = ~is_end
-    maps[inner] = pointers[target[inner]]
-    for _ in range(int(layout.lengths.max() - 1).bit_length()):
-        maps = maps.gather(1, maps[target])
+    size = 16 if N < 4096 else 64  # rows per group: G steps, then N / G groups to chain
+    n_groups = N // size + 1
+    same = torch.arange(K, device=device)
+    links = pointers.new_empty(n_groups * size, K)
+    links[:N] = pointers  # row 0 is never followed
+    links[N + 1 :] = same
+    links[layout.starts[1:]] = final[:-1, None]
+    links[N] = final[-1]
+    links = links.view(n_groups, size, K)
+    maps = torch.empty_like(links)  # state of each row given the group's last state
+    maps[:, -1] = same
+    for g in range(size - 1, 0, -1):
+        maps[:, g - 1] = links[:, g].gather(1, maps[:, g])
+    before = links[:, 0].gather(1, maps[:, 0])  # the previous group's last state given ours
+    chained = torch.cat([before[1:], same[None]])  # group p's last state from p + 1's
+    target = torch.arange(1, n_groups + 1, device=device).clamp_max(n_groups - 1)
+    for _ in range(max(n_groups - 1, 1).bit_length()):
+        chained = chained.gather(1, chained[target])
         target = target[target]
-    return maps.gather(1, final[row_sequence(layout), None])[:, 0]
+    ends = chained[:, 0]  # the last group's last state is arbitrary (padding): 0
+    path = maps.gather(2, ends[:, None, None].expand(n_groups, size, 1))
+    return path.reshape(-1)[:N]
 
 
 def path_log_joint(chain: Chain, layout: Layout, path: Tensor) -> Tensor:
