@@ -19,9 +19,9 @@ DERIVATION_FIGURES = {
     "6_elbo_traces.png",
     "6_tempered_to_delta.png",
     "6_soft_em_to_kmeans.png",
+    "7_hmm_viterbi_vs_baum_welch.png",
 }
-# claim 7 (the HMM) is not part of docs/derivation.md's K-means derivation
-EXPECTED_FIGURES = DERIVATION_FIGURES | {"7_hmm_viterbi_vs_baum_welch.png"}
+EXPECTED_FIGURES = DERIVATION_FIGURES
 
 
 def test_demo_passes_every_check_and_writes_pngs(tmp_path, capsys):
