@@ -20,6 +20,7 @@ import torch
 
 from inference.data import load_array, to_tensor
 from inference.dpmeans import DPMeansRecord, DPMeansResult, dp_means, named_factory
+from inference.load import STATE_FILE
 from inference.outputs import (
     check_out,
     locked_out,
@@ -62,11 +63,16 @@ def plot_dp_trace(trace: list[DPMeansRecord], path: str) -> None:
 def write_dp_outputs(
     out: Path, args: argparse.Namespace, x: torch.Tensor, result: DPMeansResult, status: str
 ) -> None:
+    from inference.fit_io import command_line, versions
+
     rows = [record._asdict() for record in result.trace]
     write_text(out / "trace.csv", csv_text(rows))
     write_text(out / "trace.json", json_text(rows))
     write_npy(out / "labels.npy", result.labels.cpu().numpy().astype(np.int64))
     write_npz(out / "params.npz", {k: v.cpu().numpy() for k, v in get_params(result.model).items()})
+    # the unconstrained values and buffers: inference.load reads the parameters back bit for bit
+    state = {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()}
+    write_npz(out / STATE_FILE, state)
     write_plot(out / "trace.png", lambda p: plot_dp_trace(result.trace, p))
     last = result.trace[-1]
     summary: dict[str, Any] = {
@@ -85,6 +91,9 @@ def write_dp_outputs(
         "dp_objective": last.dp_objective,
         "elbo": last.elbo,
         "log_evidence": last.log_evidence,
+        "max_iter": args.max_iter,
+        "versions": versions(),
+        "command": command_line(args),
     }
     write_json(out / "summary.json", summary)
 

@@ -185,6 +185,13 @@ def test_cli_writes_k_and_the_objective(tmp_path, capsys):
     assert np.load(out / "params.npz")["locs"].shape == (summary["n_components"], 2)
     assert np.array_equal(np.load(out / "labels.npy"), expected.labels.numpy())
     assert (out / "trace.png").is_file()
+    # the fit loads back bit for bit, at its own K
+    import inference
+
+    model = inference.load(out)
+    assert model.n_components == summary["n_components"]
+    assert np.array_equal(model.locs.detach().numpy(), np.load(out / "params.npz")["locs"])
+    assert summary["command"][:2] == ["mixem", "fit"] and "torch" in summary["versions"]
 
 
 @pytest.mark.parametrize(
