@@ -209,9 +209,10 @@ def check_finite(
         )
 
 
-def check_params(params: dict[str, Tensor], iteration: int, trace: list[TraceRecord]) -> None:
+def check_params(bad: list[str], iteration: int, trace: list[TraceRecord]) -> None:
+    """Raise when ``bad``, the names of the parameters found not finite after an M-step
+    (``inference.params.step_change``), is not empty."""
     # checked before the E-step: Pyro would reject NaN parameters with a bare ValueError
-    bad = sorted(name for name, value in params.items() if not bool(torch.isfinite(value).all()))
     if bad:
         raise NonFiniteError(
             f"the parameters are not finite at iteration {iteration} ({', '.join(bad)}); the "

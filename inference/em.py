@@ -43,7 +43,7 @@ from inference.em_record import global_term, record, stop_reason
 from inference.enumerate import DEFAULT_CHUNK_SIZE, iter_log_joint
 from inference.guides import Delta, GuideFamily, Schedule, as_schedule
 from inference.mstep import MStep, choose_m_step
-from inference.params import get_params, squared_shift
+from inference.params import get_params, step_change
 from inference.responsibilities import Assembler, Responsibilities
 from inference.state import EStep
 from inference.trace import TraceRecord
@@ -240,9 +240,8 @@ def fit(
         before = get_params(model)
         n_relocated = do_m_step(model, x, est)
         n_iter += 1
-        after = get_params(model)
-        check_params(after, n_iter, trace)
-        shift = squared_shift(before, after)
+        shift, not_finite = step_change(before, model)
+        check_params(not_finite, n_iter, trace)
         family = family_at(n_iter)
         # the point fits are dead once the M-step used them: released before the next pass,
         # which keeps the peak at one set of N floats (the labels stay: they count changes)

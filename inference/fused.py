@@ -192,6 +192,7 @@ def e_step(
             )
         q_out = old if fits else data.x.new_empty(n, K)
     bias, constant = found.split_bias()
+    shared = float(constant)  # the prior's mean: the same for every entry of the table
     options: dict[str, Any] = {
         "mode": mode,
         "temperature": temperature,
@@ -200,6 +201,7 @@ def e_step(
         "point_fit_out": data.point_fit,
         # the pass counts the changed labels as it writes the new ones (no second read)
         "old_labels": _old_labels(previous, n),
+        "fit_offset": shared,  # the point fits, with it (the ELBO's sums: below)
     }
     natural, bias = form.natural.detach(), bias.detach()
     with torch.no_grad():
@@ -218,10 +220,9 @@ def e_step(
         if "shift" in local:  # a point, not a sum: the same on every worker
             stats["shift"] = local["shift"].to(dtype)
         # the prior's mean, left out of the kernel's bias, is the same for every point
-        point_fit = result.point_fit.add_(constant)
-        shared = float(constant) * n
-        local_totals = [result.elbo + shared, result.log_evidence + shared, result.n_changed]
-        totals = reducer.sum(torch.tensor(local_totals, dtype=torch.float64))
+        local_totals = [result.elbo + shared * n, result.log_evidence + shared * n]
+        local_totals.append(result.n_changed)
+        totals = reducer.sum(torch.tensor(local_totals, dtype=torch.float64)).tolist()
     if q_out is None:
         q = Responsibilities.one_hot(result.labels, data.x.dtype)
     else:
@@ -229,9 +230,9 @@ def e_step(
     return EStep(
         q,
         result.labels,
-        point_fit,
-        float(totals[0]),
-        float(totals[1]),
+        result.point_fit,
+        totals[0],
+        totals[1],
         stats,
         row_statistics(form, K),
         None if options["old_labels"] is None else int(totals[2]),

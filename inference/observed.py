@@ -165,6 +165,8 @@ def _constant_log_prior(site: Any, K: int, n: int) -> Tensor | None:
     log_prob = site["fn"].log_prob(site["value"])  # (K, 1) or (K, n)
     if log_prob.dim() != 2 or log_prob.shape[0] != K:
         return None
-    if log_prob.shape[1] > 1 and not bool((log_prob == log_prob[:, :1]).all()):
+    # a prior broadcast along the plate (stride 0: one column seen n times) is constant as is
+    varies = log_prob.shape[1] > 1 and log_prob.stride(1) != 0
+    if varies and not bool((log_prob == log_prob[:, :1]).all()):
         return None
     return log_prob[:, 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor, nn
@@ -40,3 +41,17 @@ def set_params(model: nn.Module, values: dict[str, Tensor]) -> None:
 def squared_shift(before: dict[str, Tensor], after: dict[str, Tensor]) -> float:
     """sum over all parameters of ||after - before||^2 (scikit-learn's ``center_shift_tot``)."""
     return float(sum(torch.sum((after[k] - before[k]) ** 2) for k in before))
+
+
+def step_change(before: dict[str, Tensor], model: nn.Module) -> tuple[float, list[str]]:
+    """``(squared_shift(before, now), names of the non-finite parameters now)`` for the model's
+    current parameters, read without copies; the finiteness is looked at parameter by parameter
+    only when the shift itself is not finite (a NaN or an infinity reaches it)."""
+    now = {}
+    for name in before:
+        owner, leaf = _owner(model, name)
+        now[name] = getattr(owner, leaf).detach()
+    shift = squared_shift(before, now)
+    if math.isfinite(shift):
+        return shift, []
+    return shift, sorted(k for k, v in now.items() if not bool(torch.isfinite(v).all()))

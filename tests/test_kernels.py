@@ -540,3 +540,20 @@ def test_the_squares_pass_checks_its_shapes_and_dispatches(monkeypatch):
         run_pass(x, eta, bias, h, r)  # without squares: x is not the (N, 2 D) statistics
     monkeypatch.setenv("MIXEM_NATIVE", "0")
     assert torch.equal(run_pass(x, eta, bias, h, r, squares=True).labels, expected.labels)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("mode", "temperature"), MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fit_offset_is_added_to_the_point_fits_alone(impl, mode, temperature, dtype):
+    # the caller's constant of the table (a prior's mean): each point fit + offset, rounded once
+    # in the data's dtype as a later add would, and nothing else changes
+    args = problem(700, 3, 6, dtype, seed=4)
+    plain_run, _ = run(impl, args, mode, temperature)
+    shifted, _ = run(impl, args, mode, temperature, fit_offset=-2.0794415416798357)
+    assert torch.equal(
+        shifted.point_fit, plain_run.point_fit + torch.tensor(-2.0794415416798357, dtype=dtype)
+    )
+    assert torch.equal(shifted.labels, plain_run.labels)
+    assert torch.equal(shifted.sum_t, plain_run.sum_t)
+    assert (shifted.elbo, shifted.log_evidence) == (plain_run.elbo, plain_run.log_evidence)

@@ -58,6 +58,7 @@ def run_pass(
     labels_out: Tensor | None = None,
     point_fit_out: Tensor | None = None,
     squares: bool = False,
+    fit_offset: float = 0.0,
 ) -> PassResult:
     """One pass: the E-step's row reduction and the M-step's sums.
 
@@ -81,10 +82,12 @@ def run_pass(
             the statistics are [x - shift, (x - shift)^2] (N, 2 D), in that order (the Normal's
             with learned scales), built in each block from its rows, never in memory; sum_t
             (K, 2 D) in that layout.
+        fit_offset: added to every point fit (a constant of every entry of the table that the
+            caller keeps out of ``bias``); the ELBO and the log evidence leave it out.
 
     Returns:
-        PassResult: labels (N,) int64, point_fit (N,) E_q[S_i] (t's dtype), counts (K,)
-        float64, sum_t (K, F) float64, elbo, log_evidence, n_changed.
+        PassResult: labels (N,) int64, point_fit (N,) E_q[S_i] + fit_offset (t's dtype),
+        counts (K,) float64, sum_t (K, F) float64, elbo, log_evidence, n_changed.
     """
     args = (t, natural, bias, base, shift)
     run = native_pass.run_pass
@@ -101,6 +104,7 @@ def run_pass(
         labels_out=labels_out,
         point_fit_out=point_fit_out,
         squares=squares,
+        fit_offset=fit_offset,
     )
 
 
@@ -118,6 +122,7 @@ def run_codes_pass(
     threads: int | None = None,
     labels_out: Tensor | None = None,
     point_fit_out: Tensor | None = None,
+    fit_offset: float = 0.0,
 ) -> PassResult:
     """``run_pass`` of t = the one-hot of ``codes`` flattened (N, D C), from the codes: t[i,
     d C + codes[i, d]] = 1, else 0 (no shift).
@@ -146,4 +151,5 @@ def run_codes_pass(
         threads=threads,
         labels_out=labels_out,
         point_fit_out=point_fit_out,
+        fit_offset=fit_offset,
     )

@@ -59,9 +59,10 @@ def _library(suffix: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     run = getattr(lib, symbols[0])
     run.argtypes = [pointer, *[size] * 6, *[pointer] * 4, flag, ctypes.c_double]
     run.argtypes += [pointer, pointer, flag, size, *[pointer] * 5, pointer, size, flag]
+    run.argtypes += [ctypes.c_double]
     codes = getattr(lib, symbols[1])  # (codes, C, n, ...): mixem_run without t and shift
     codes.argtypes = [pointer, *[size] * 7, *[pointer] * 3, flag, ctypes.c_double]
-    codes.argtypes += [pointer, pointer, flag, size, *[pointer] * 5]
+    codes.argtypes += [pointer, pointer, flag, size, *[pointer] * 5, ctypes.c_double]
     for function in (run, codes):
         function.restype = ctypes.c_int
     return lib
@@ -99,12 +100,10 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
 def handles(t: Tensor, *others: Tensor | None) -> bool:
     """True when the C pass can take ``t`` (N, F) and the other tensor arguments: CPU,
     float32/float64, contiguous, no gradient, and ``available``."""
-    tensors = [t, *(x for x in others if x is not None)]
-    return (
-        all(x.device.type == "cpu" and x.is_contiguous() and not x.requires_grad for x in tensors)
-        and t.dim() == 2
-        and available(t.dtype)
-    )
+    for x in (t, *others):
+        if x is not None and not (x.is_cpu and x.is_contiguous() and not x.requires_grad):
+            return False
+    return t.dim() == 2 and available(t.dtype)
 
 
 @functools.lru_cache(maxsize=4)
@@ -152,6 +151,7 @@ def run_pass(
     labels_out: Tensor | None = None,
     point_fit_out: Tensor | None = None,
     squares: bool = False,
+    fit_offset: float = 0.0,
 ) -> PassResult:
     """The C pass; the arguments and the result as ``inference.kernels.run_pass`` (t (N, F),
     natural (K, F), bias (K,), base (N,), shift (F,), old_labels (N,), q_out (N, K); with
@@ -170,7 +170,7 @@ def run_pass(
     pointers = [_address(x) for x in (natural, bias, base, shift)]
     outputs = (old_labels, q_out, labels_out, point_fit_out)
     options = (mode, temperature, log_evidence, threads)
-    tail = [None, 0, int(squares)]
+    tail = [None, 0, int(squares), float(fit_offset)]
     return _launch("run", head, pointers, tail, like, natural.shape[0], outputs, options)
 
 
@@ -188,6 +188,7 @@ def run_codes_pass(
     threads: int | None = None,
     labels_out: Tensor | None = None,
     point_fit_out: Tensor | None = None,
+    fit_offset: float = 0.0,
 ) -> PassResult:
     """The C codes pass; the arguments and the result as ``inference.kernels.run_codes_pass``
     (codes (N, D) int32 in 0..C-1, natural (K, D C)); codes and every other tensor must
@@ -200,7 +201,8 @@ def run_codes_pass(
     pointers = [etat.data_ptr(), bias.data_ptr(), _address(base)]
     outputs = (old_labels, q_out, labels_out, point_fit_out)
     options = (mode, temperature, log_evidence, threads)
-    return _launch("codes", head, pointers, [], like, natural.shape[0], outputs, options)
+    tail = [float(fit_offset)]
+    return _launch("codes", head, pointers, tail, like, natural.shape[0], outputs, options)
 
 
 def _launch(
@@ -241,10 +243,10 @@ def _launch(
     # each thread a contiguous range of super-blocks, one C call (its loop over them)
     spans = [(count * w // workers, count * (w + 1) // workers) for w in range(workers)]
     with _one_blas_thread(block * K * F if kind == "run" else 0):
-        if workers == 1:
-            failed = call(spans[0]) if count else 0
-        else:
-            failed = max(_pool(workers).map(call, spans), default=0)
+        # the first range on this thread, the others on the pool's (one hand-off fewer)
+        others = [_pool(workers - 1).submit(call, span) for span in spans[1:]]
+        failed = call(spans[0]) if count else 0
+        failed = max([failed, *(future.result() for future in others)])
     if failed:
         raise MemoryError(f"run_pass: no memory for the block buffers ({block} x {K})")
     total_np = partials[0].copy()

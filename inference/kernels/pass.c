@@ -321,6 +321,65 @@ static void sum_exp(const real *V, int64_t R, int64_t K, int64_t start, const re
     }
 }
 
+/* y[k] = x[k] - shift[k mod F] over the n = R F entries of a block's rows, against the shift
+   repeated LANES times (repeated, L = LANES F entries): one flat loop, however small F. */
+static void centre(const real *x, int64_t n, const real *repeated, int64_t L, real *y) {
+    int64_t k = 0;
+    for (; k + L <= n; k += L) {
+#pragma omp simd
+        for (int64_t p = 0; p < L; p++) y[k + p] = x[k + p] - repeated[p];
+    }
+    for (int64_t p = 0; k + p < n; p++) y[k + p] = x[k + p] - repeated[p];
+}
+
+/* Hard mode, rows 0..R-1 of a block after their maxima (top, arg, odd; logs[r] = log sum_c
+   exp(S_rc - top_r) when lse): labels (the first NaN's column for a row with one), the
+   changed labels, the point fits, and the sums, in row order: the ELBO's and the log
+   evidence's (sums[0], [1]), counts[c] += 1 and sum_t[c] += the row's statistics x (rows of
+   F, row-major) or its codes' one-hot (codes: D per row, C each). A point fit is the row's
+   maximum + offset. */
+__attribute__((noinline)) /* (alone, not inlined: its running sums stay in registers) */
+static void hard_rows(const real *V, int64_t R, int64_t K, const real *top,
+                      const int32_t *arg, const int *odd, const real *logs,
+                      const int64_t *old_labels, int64_t *labels, real *point_fit,
+                      const real *x, int64_t F, const int32_t *codes, int64_t D, int64_t C,
+                      double *counts, double *sum_t, double *sums, int64_t *changed,
+                      real offset) {
+    double elbo = sums[0], lse = sums[1];
+    int64_t moved = 0;
+    for (int64_t r = 0; r < R; r++) {
+        int32_t c = arg[r];
+        real tp = top[r];
+        if (odd[r]) { /* torch.argmax: the first NaN */
+            for (int32_t j = 0; j < (int32_t)K; j++)
+                if (V[j * R + r] != V[j * R + r]) { c = j, tp = V[j * R + r]; break; }
+        }
+        int bad = odd[r] || !(tp > -INFINITY && tp < INFINITY);
+        labels[r] = c;
+        if (old_labels) moved += old_labels[r] != c;
+        point_fit[r] = tp + offset;
+        elbo += tp;
+        if (logs) lse += bad ? (double)tp : (double)tp + (double)logs[r];
+        counts[c] += 1.0;
+        double *dst = sum_t + (int64_t)c * F;
+        if (codes) {
+            for (int64_t d = 0; d < D; d++) dst[d * C + codes[r * D + d]] += 1.0;
+        } else if (F <= SMALL_F) {
+            const real *xr = x + r * F;
+            if (F > 0) dst[0] += (double)xr[0];
+            if (F > 1) dst[1] += (double)xr[1];
+            if (F > 2) dst[2] += (double)xr[2];
+            if (F > 3) dst[3] += (double)xr[3];
+        } else {
+            const real *xr = x + r * F;
+#pragma omp simd
+            for (int64_t j = 0; j < F; j++) dst[j] += (double)xr[j];
+        }
+    }
+    sums[0] = elbo, sums[1] = lse;
+    *changed += moved;
+}
+
 /* V[c, r] += bias[c] + h[r]; top[r], arg[r] the row's maximum and its first column, odd[r]
    whether it holds a NaN. LANES rows at a time, their running maxima in registers. */
 static void first_max(real *V, int64_t R, int64_t K, int64_t start, const real *bias,
@@ -363,7 +422,7 @@ static void first_max(real *V, int64_t R, int64_t K, int64_t start, const real *
 #endif
 
 typedef struct {
-    real *V, *top, *zeros, *logs, *centred, *xt, *qf, *xf, *cf, *tile;
+    real *V, *top, *zeros, *logs, *centred, *repeated, *xt, *qf, *xf, *cf, *tile;
     int32_t *arg;
     int *odd;
     double *tot, *qd, *xd, *fit, *shifted, *mass;
@@ -410,20 +469,21 @@ static void codes_table(const int32_t *x, int64_t D, int64_t C, const real *etat
    double, added to. old_labels, q_out, base, shift may be NULL; codes NULL but with C > 0 (see
    codes_table). squares: t is the data x (n, D), F = 2 D, and a block's statistics are built
    from it, [x - shift, (x - shift)^2] (the Normal's with learned scales), in its buffer.
-   Returns 0, or 1 when out of memory. */
+   fit_offset is added to each point fit (a constant of the table kept out of bias). Returns
+   0, or 1 when out of memory. */
 int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                const real *eta, const real *bias, const real *base, const real *shift,
                int soft, double temperature, const int64_t *old_labels, real *q_out,
                int want_lse, int64_t block, void *gemm_ptr, void *dgemm_ptr, int64_t *labels,
                real *point_fit, double *partial, const int32_t *codes, int64_t C,
-               int squares) {
+               int squares, double fit_offset) {
     gemm_t gemm = (gemm_t)gemm_ptr;
     dgemm_t dgemm = (dgemm_t)dgemm_ptr;
     double *counts = partial, *sum_t = partial + K, *scalars = partial + K + K * F;
     size_t B = (size_t)block;
     buffers b = {0};
     b.V = malloc(sizeof(real) * (B * K + 4 * B));
-    if (shift || squares) b.centred = malloc(sizeof(real) * B * F);
+    if (shift || squares) b.centred = malloc(sizeof(real) * (B + LANES) * F);
     int small = F <= SMALL_F && !codes;
     int64_t D = codes ? F / C : 0;
     if (small) b.xt = malloc(sizeof(real) * B * F);
@@ -449,9 +509,15 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
     b.top = b.V + B * K, b.zeros = b.top + B, b.logs = b.zeros + B;
     b.fit = b.tot + B, b.shifted = b.fit + B, b.mass = b.shifted + B;
     for (size_t r = 0; r < B; r++) b.zeros[r] = 0;
+    if (shift && !squares) { /* the shift LANES times over, for centre */
+        b.repeated = b.centred + B * F;
+        for (int64_t k = 0; k < LANES * F; k++) b.repeated[k] = shift[k % F];
+    }
     real cutoff = (real)(-(SKIP + log((double)K))), temp = (real)temperature;
     int unit = temperature == 1.0;
-    double elbo = 0.0, lse_sum = 0.0, changed = 0.0;
+    real offset = (real)fit_offset; /* added to every point fit */
+    double elbo = 0.0, lse_sum = 0.0, sums[2] = {0.0, 0.0};
+    int64_t changed = 0;
     int64_t hits = 0, seen = 0; /* columns of W rows with an entry near their maxima, of all */
     int64_t soft_hits = 0, soft_seen = 0; /* the same in the soft pass */
     const real one = 1, zero = 0;
@@ -485,12 +551,7 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
             }
             tb = b.centred;
         } else if (shift) {
-            for (int64_t r = 0; r < R; r++) {
-                const real *x = tb + r * F;
-                real *y = b.centred + r * F;
-#pragma omp simd
-                for (int64_t j = 0; j < F; j++) y[j] = x[j] - shift[j];
-            }
+            centre(tb, R * F, b.repeated, LANES * F, b.centred);
             tb = b.centred;
         }
         if (codes) {
@@ -523,6 +584,20 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
         }
 #endif
         first_max(V, R, K, done_rows, bias, h, top, arg, b.odd);
+        if (!soft) { /* (the exponentials of a row with a NaN are not used) */
+            real *logs = NULL;
+            if (lse_here) {
+                sum_exp(V, R, K, done_rows, top, cutoff, b.tot);
+                logs = b.logs;
+                const double *tot = b.tot;
+#pragma omp simd
+                for (int64_t r = 0; r < R; r++) logs[r] = log_total(tot[r] >= 1.0 ? tot[r] : 1.0);
+            }
+            hard_rows(V, R, K, top, arg, b.odd, logs, old_labels ? old_labels + i0 : NULL,
+                      labels + i0, point_fit + i0, tb, F, xb, D, C, counts, sum_t, sums,
+                      &changed, offset);
+            continue;
+        }
         for (int64_t r = 0; r < R; r++) {
             if (b.odd[r]) { /* torch.argmax: the first NaN */
                 for (int32_t c = 0; c < (int32_t)K; c++)
@@ -534,22 +609,7 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
             if (old_labels) changed += old_labels[i] != arg[r];
         }
         if (lse_here) sum_exp(V, R, K, done_rows, top, cutoff, b.tot);
-        if (!soft) {
-            for (int64_t r = 0; r < R; r++) {
-                int64_t i = i0 + r, c = arg[r];
-                point_fit[i] = top[r];
-                elbo += top[r];
-                counts[c] += 1.0;
-                double *dst = sum_t + c * F;
-                if (codes) {
-                    for (int64_t d = 0; d < D; d++) dst[d * C + xb[r * D + d]] += 1.0;
-                    continue;
-                }
-                const real *x = tb + r * F;
-#pragma omp simd
-                for (int64_t j = 0; j < F; j++) dst[j] += (double)x[j];
-            }
-        } else {
+        {
             double *tot = unit ? b.tot : b.tot + 4 * B, *shifted = b.shifted;
             real *stops = b.logs; /* the maxima of S / temperature */
             for (int64_t r = 0; r < R; r++) {
@@ -595,7 +655,7 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                 }
                 double ma = tot[r] * (double)scales[r], sa = shifted[r] * (double)scales[r];
                 double fa = (double)top[r] * ma + (unit ? sa : (double)temp * sa);
-                point_fit[i] = (real)fa;
+                point_fit[i] = (real)fa + offset;
                 elbo += fa + ((double)logz[r] * ma - sa);
             }
             for (int64_t r = 0; r < R; r++) b.zeros[r] = 0;
@@ -685,7 +745,7 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
                     continue;
                 }
                 /* H = -sum q (d - log Z) = log Z sum q - sum q d, d = s - max s <= 0 */
-                point_fit[i] = (real)fit[r];
+                point_fit[i] = (real)fit[r] + offset;
                 elbo += fit[r] + (log(tot[r]) * mass[r] - shifted[r]);
             }
             for (int64_t c = 0; c < K; c++) {
@@ -729,8 +789,8 @@ int MIXEM_PASS(const real *t, int64_t first, int64_t stop, int64_t F, int64_t K,
 #if defined(MIXEM_SIMD) && defined(__AVX512F__)
     if (soft && q_out) _mm_sfence(); /* the non-temporal stores, before the caller reads */
 #endif
-    scalars[0] += elbo;
-    scalars[1] += want_lse ? lse_sum : NAN;
+    scalars[0] += soft ? elbo : sums[0];
+    scalars[1] += want_lse ? (soft ? lse_sum : sums[1]) : NAN;
     scalars[2] += old_labels ? changed : (double)(stop - first);
     free(b.tile), free(b.xt), free(b.V), free(b.arg), free(b.odd), free(b.tot), FREE_Q(b);
     free(b.centred);
@@ -751,13 +811,14 @@ int MIXEM_RUN(const real *t, int64_t n, int64_t rows, int64_t s0, int64_t s1, in
               int soft, double temperature, const int64_t *old_labels, real *q_out,
               int want_lse, int64_t block, void *gemm_ptr, void *dgemm_ptr, int64_t *labels,
               real *point_fit, double *partials, const int32_t *codes, int64_t C,
-              int squares) {
+              int squares, double fit_offset) {
     int failed = 0;
     for (int64_t s = s0; s < s1; s++) {
         int64_t first = s * rows, stop = first + rows < n ? first + rows : n;
         failed |= MIXEM_PASS(t, first, stop, F, K, eta, bias, base, shift, soft, temperature,
                              old_labels, q_out, want_lse, block, gemm_ptr, dgemm_ptr, labels,
-                             point_fit, partials + s * (K + K * F + 3), codes, C, squares);
+                             point_fit, partials + s * (K + K * F + 3), codes, C, squares,
+                             fit_offset);
     }
     return failed;
 }
@@ -773,8 +834,8 @@ int MIXEM_CODES(const int32_t *codes, int64_t C, int64_t n, int64_t rows, int64_
                 int64_t F, int64_t K, const real *etat, const real *bias, const real *base,
                 int soft, double temperature, const int64_t *old_labels, real *q_out,
                 int want_lse, int64_t block, void *gemm_ptr, void *dgemm_ptr, int64_t *labels,
-                real *point_fit, double *partials) {
+                real *point_fit, double *partials, double fit_offset) {
     return MIXEM_RUN(NULL, n, rows, s0, s1, F, K, etat, bias, base, NULL, soft, temperature,
                      old_labels, q_out, want_lse, block, gemm_ptr, dgemm_ptr, labels, point_fit,
-                     partials, codes, C, 0);
+                     partials, codes, C, 0, fit_offset);
 }

@@ -36,6 +36,7 @@ def run_pass(
     labels_out: Tensor | None = None,
     point_fit_out: Tensor | None = None,
     squares: bool = False,
+    fit_offset: float = 0.0,
 ) -> PassResult:
     """One pass over the rows of the table S = (t - shift) natural^T + bias + base[:, None].
 
@@ -72,9 +73,8 @@ def run_pass(
             sum_t += q.T @ x
 
     outputs = (old_labels, q_out, labels_out, point_fit_out)
-    return _reduce(
-        like, natural.shape[0], table, add, bias, base, mode, temperature, outputs, log_evidence
-    )
+    options = (mode, temperature, log_evidence, fit_offset)
+    return _reduce(like, natural.shape[0], table, add, bias, base, options, outputs)
 
 
 def run_codes_pass(
@@ -91,6 +91,7 @@ def run_codes_pass(
     threads: int | None = None,
     labels_out: Tensor | None = None,
     point_fit_out: Tensor | None = None,
+    fit_offset: float = 0.0,
 ) -> PassResult:
     """``run_pass`` of the one-hot statistics of ``codes`` (N, D) int32 in 0..C-1 (natural
     (K, D C)) without them: each row's table sums D rows of natural^T (a gather), its sums
@@ -120,7 +121,8 @@ def run_codes_pass(
             sum_t.T.index_add_(0, where.reshape(-1), spread)
 
     outputs = (old_labels, q_out, labels_out, point_fit_out)
-    return _reduce(like, K, table, add, bias, base, mode, temperature, outputs, log_evidence)
+    options = (mode, temperature, log_evidence, fit_offset)
+    return _reduce(like, K, table, add, bias, base, options, outputs)
 
 
 Adder = Callable[[Tensor, int, int, "Tensor | None", "Tensor | None"], None]
@@ -133,13 +135,13 @@ def _reduce(
     add: Adder,
     bias: Tensor,
     base: Tensor | None,
-    mode: str,
-    temperature: float,
+    options: tuple[str, float, bool, float],
     outputs: tuple[Tensor | None, ...],
-    log_evidence: bool,
 ) -> PassResult:
     """The pass over t's (N, F) rows in blocks: ``table_of(a, b)`` the rows' (b - a, K) product,
-    ``add(sum_t, a, b, labels, q)`` their sums (hard: by labels, soft: weighted by q)."""
+    ``add(sum_t, a, b, labels, q)`` their sums (hard: by labels, soft: weighted by q);
+    ``options``: (mode, temperature, log_evidence, fit_offset)."""
+    mode, temperature, log_evidence, fit_offset = options
     old_labels, q_out, labels_out, point_fit_out = outputs
     N, F = t.shape
     wide = torch.float64
@@ -165,6 +167,8 @@ def _reduce(
         if mode == "hard":
             fit = table.gather(1, labels[a:b, None])[:, 0]
             point_fit[a:b] = fit
+            if fit_offset:
+                point_fit[a:b] += fit_offset
             elbo += fit.to(wide).sum()
             counts.index_add_(0, labels[a:b], torch.ones(b - a, dtype=wide, device=t.device))
             add(sum_t, a, b, labels[a:b], None)
@@ -177,6 +181,8 @@ def _reduce(
         fit = torch.where(qw > 0, qw * table.to(wide), 0.0).sum(1)
         fit = torch.where(q.isnan().any(1), math.nan, fit)
         point_fit[a:b] = fit
+        if fit_offset:
+            point_fit[a:b] += fit_offset
         elbo += (fit + torch.special.entr(qw).sum(1)).sum()
         counts += qw.sum(0)
         add(sum_t, a, b, None, qw)
