@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from inference.cli_dp_args import add_dp_options, check_dp_options
+from inference.cli_mstep_args import add_m_step_options, check_m_step_options
 from inference.cli_select_args import add_select_parser
 from inference.cli_types import non_negative_float, non_negative_int, positive_int
 from inference.enumerate import DEFAULT_CHUNK_SIZE
@@ -28,6 +29,7 @@ class _Parser(argparse.ArgumentParser):
         parsed = super().parse_args(args, namespace)
         if getattr(parsed, "command", None) == "fit":
             check_dp_options(parsed)
+            check_m_step_options(parsed)
             check_save_options(parsed)
         return parsed
 
@@ -201,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_fit_options(fit_parser)
     add_guide_options(fit_parser)
+    add_m_step_options(fit_parser)
     add_scale_options(fit_parser)
     add_dp_options(fit_parser)
     fit_parser.add_argument(

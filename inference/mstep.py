@@ -5,9 +5,10 @@
   refilled first, as scikit-learn's KMeans does. The statistics are the model's own
   ``sufficient_statistics`` when it has one, else its exponential family's sums of T(x)
   (``inference.observed``); the fused pass hands them over already summed.
-* ``gradient_m_step``: for any model, maximise the exact ELBO that Pyro computes with the guide
-  held at q (entropy does not depend on theta, so this is the M-step), by L-BFGS on the
-  model's unconstrained parameters.
+* ``gradient_m_step``: for any model, maximise E_q[log p(X, Z | theta)] (Pyro's exact ELBO with
+  the guide held at q, less the entropy, which does not depend on theta), by L-BFGS on the
+  model's unconstrained parameters (``inference.mstep_gradient``: warm-started within a fit,
+  a step that would lower it rejected).
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from torch import Tensor
 
 from inference.distributed import LOCAL, Reducer
-from inference.enumerate import DEFAULT_CHUNK_SIZE, isolated_params
+from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
-from inference.guides import is_exact_for_trace_elbo, pyro_guide
-from inference.mstep_family import family_m_step, lbfgs
+from inference.mstep_family import family_m_step
+from inference.mstep_gradient import Gradient, GradientMStep
 from inference.observed import fit_shift, model_form, row_statistics
 from inference.responsibilities import Responsibilities
 from inference.state import EStep
@@ -214,49 +214,28 @@ def gradient_m_step(
     q: Responsibilities,
     max_steps: int = 100,
     reducer: Reducer = LOCAL,
+    settings: Gradient | None = None,
 ) -> float:
-    """Maximise Pyro's exact ELBO over the model's parameters with the guide fixed at q.
+    """Maximise E_q[log p(X, Z | theta)] over the model's parameters with the guide fixed at q.
 
-    The objective is deterministic (a Delta guide under ``Trace_ELBO``, an enumerated guide under
-    ``TraceEnum_ELBO``), so L-BFGS with a strong-Wolfe line search converges to the optimum
-    rather than hovering around it as a stochastic optimiser would. The loss is divided by N so
-    tolerances do not depend on the data size.
+    The M-step of Pyro's exact ELBO with the guide held (the entropy does not depend on theta),
+    by L-BFGS (``inference.mstep_gradient``), one cold start; ``fit`` keeps one warm-started
+    optimiser per fit instead. The objective is divided by N so tolerances do not depend on
+    the data size.
 
     Args:
         model: mixture following the site contract, with learnable parameters.
         x: (N, D) data; q: responsibilities of the N points.
-        max_steps: L-BFGS iterations.
-        reducer: sums losses and gradients over workers; every worker then runs the same
-            L-BFGS iterations on the same totals and ends at the same parameters.
+        max_steps: L-BFGS iterations (when ``settings`` is None).
+        reducer: sums the objective and gradients over workers; every worker then runs the
+            same L-BFGS iterations on the same totals and ends at the same parameters.
+        settings: the optimiser's settings (default ``Gradient(max_steps=max_steps)``).
     Returns:
-        The final per-point ELBO.
+        The final per-point E_q[log p(x_i, z_i)] (nan for a model without parameters).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        return float("nan")
-    guide = pyro_guide(q, int(model.n_components))  # type: ignore[arg-type]
-    elbo = Trace_ELBO() if is_exact_for_trace_elbo(q) else TraceEnum_ELBO(max_plate_nesting=1)
-    optimiser = lbfgs(params, max_steps)
-    if not isinstance(x, Tensor):
-        raise MixemError("the gradient M-step needs the data in memory, not streamed from a file")
-    n = int(reducer.sum(torch.tensor([x.shape[0]], device=x.device))[0])
-
-    def closure() -> Tensor:
-        optimiser.zero_grad()
-        loss = elbo.differentiable_loss(model, guide, x) / n
-        loss.backward()
-        if reducer.world_size == 1:
-            return loss
-        for p in params:
-            if p.grad is not None:
-                p.grad.copy_(reducer.sum(p.grad))
-        return reducer.sum(loss.detach())
-
-    with isolated_params():
-        optimiser.step(closure)
-        with torch.no_grad():
-            local = torch.tensor([elbo.loss(model, guide, x)], dtype=torch.float64)
-            return -float(reducer.sum(local)[0]) / n
+    step = GradientMStep(settings or Gradient(max_steps=max_steps), reducer=reducer).step
+    report = step(model, x, q)
+    return float("nan") if report is None else report.after
 
 
 MStep = Callable[[Any, Tensor, EStep], int]
@@ -273,8 +252,12 @@ def choose_m_step(
 
     * "closed": the model's own ``m_step`` from the statistics;
     * "family": an exponential-family model without one: L-BFGS on the statistics alone;
-    * "gradient": L-BFGS on Pyro's ELBO with the guide held at q (any model; a pass per step).
+    * "gradient" or ``Gradient(...)`` (its settings): L-BFGS on E_q[log p(X, Z | theta)] with
+      the guide held at q (any model; a pass per evaluation), warm-started from one M-step to
+      the next (``inference.mstep_gradient``).
     """
+    if kind == "gradient" or isinstance(kind, Gradient):  # one optimiser per fit: warm starts
+        return GradientMStep(kind if isinstance(kind, Gradient) else None, chunk_size, reducer)
     if callable(kind):
         return kind
     update = None  # the model's own m_step
@@ -289,8 +272,9 @@ def choose_m_step(
         return lambda m, x, est: closed_form_m_step(
             m, x, est.q, est.point_fit, chunk_size, reducer, est.stats, est.row_stats, update
         )
-    if kind in ("auto", "gradient"):
-        return lambda m, x, est: (gradient_m_step(m, x, est.q, reducer=reducer), 0)[1]
+    if kind == "auto":
+        return GradientMStep(None, chunk_size, reducer)
     raise MixemError(
-        f"unknown m_step {kind!r}; expected 'auto', 'closed', 'family', 'gradient' or a function"
+        f"unknown m_step {kind!r}; expected 'auto', 'closed', 'family', 'gradient', "
+        "a Gradient(...) or a function"
     )

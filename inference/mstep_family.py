@@ -26,16 +26,27 @@ from inference.observed import model_form
 MAX_STEPS = 100
 
 
-def lbfgs(params: Sequence[Tensor], max_steps: int) -> torch.optim.LBFGS:
+def lbfgs(
+    params: Sequence[Tensor],
+    max_steps: int,
+    tol_grad: float = 1e-10,
+    tol_change: float = 1e-14,
+    line_search: str | None = "strong_wolfe",
+    lr: float = 1.0,
+) -> torch.optim.LBFGS:
     """The M-steps' optimiser: L-BFGS with a strong-Wolfe line search on a deterministic
-    objective, so it converges to the optimum rather than hovering around it."""
+    objective, so it converges to the optimum rather than hovering around it.
+
+    It stops after ``max_steps`` iterations, when the largest gradient entry is <= ``tol_grad``
+    or when the objective or the parameters move by < ``tol_change``; ``line_search`` None:
+    fixed steps of ``lr``."""
     return torch.optim.LBFGS(
         params,
-        lr=1.0,
+        lr=lr,
         max_iter=max_steps,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
+        line_search_fn=line_search,
+        tolerance_grad=tol_grad,
+        tolerance_change=tol_change,
     )
 
 

@@ -201,6 +201,7 @@ def cli_fit(
     Raises:
         NonFiniteError: after writing the trace so far to ``args.out``.
     """
+    from inference.cli_mstep_args import m_step_from_args
     from inference.model_init import init_from_file
 
     hook = signal_hook_for_tests()
@@ -215,6 +216,7 @@ def cli_fit(
         "callback": on_record,
         "should_stop": _any_worker(flag, reducer),
         "reducer": reducer,
+        "m_step": m_step_from_args(args),
     }
     try:
         if args.resume is None:
