@@ -29,6 +29,7 @@ from inference.outputs import (
     locked_out,
     write_set,
 )
+from inference.restarts import check_restart_options, cli_restarts, start_models
 from inference.runner import (
     RunInterruptedError,
     SignalFlag,
@@ -90,8 +91,14 @@ def _fit_loop(
     )
 
 
+def _restart_guide(args: argparse.Namespace, guide: Any, seed: int) -> Any:
+    """The guide of the restart with ``seed`` (a sampling family draws with it)."""
+    return guide if args.n_init == 1 or args.anneal else parse_guide(args.guide, args.k, seed)
+
+
 def run_fit(args: argparse.Namespace) -> int:
     check_hmm_options(args)
+    check_restart_options(args)
     if args.model == "hmm":  # a chain, not a mixture: its own loop (inference.hmm_cli)
         return run_hmm_fit(args)
     if args.dp_lambda is not None:  # DP-means: K chosen by the data (inference.dpmeans)
@@ -110,19 +117,40 @@ def run_fit(args: argparse.Namespace) -> int:
         try:
             with locked_out(args.out) if reducer.rank == 0 else contextlib.nullcontext():
                 x, init_rows, data = load_rows(args, reducer)
-                model = build_model(args, init_rows)
-                share_start(model, reducer)
+
+                def build(a: argparse.Namespace, rows: Any) -> Any:
+                    model = build_model(a, rows)
+                    share_start(model, reducer)
+                    return model
+
+                models = start_models(args, init_rows, build)  # --n-init: inference.restarts
                 del init_rows  # streamed fits must not keep the rows the start was computed from
-                with _progress(args.max_iter + 1, args.quiet or reducer.rank > 0) as bar:
+                total = args.n_init * (args.max_iter + 1)
+                with _progress(total, args.quiet or reducer.rank > 0) as bar:
                     flag.deferring = True
-                    result = _fit_loop(args, x, model, guide, flag, bar, reducer, data)
+                    result, restarts = cli_restarts(
+                        args,
+                        models,
+                        lambda seed, model: _fit_loop(
+                            args,
+                            x,
+                            model,
+                            _restart_guide(args, guide, seed),
+                            flag,
+                            bar,
+                            reducer,
+                            data,
+                        ),
+                    )
                     result = result._replace(labels=reducer.gather(result.labels))
                     status = "interrupted" if result.stop_reason == "interrupted" else "completed"
                     if reducer.rank == 0:
                         seconds = time.perf_counter() - started
                         write_set(
                             args.out,
-                            lambda out: write_fit_outputs(out, args, data, result, seconds, status),
+                            lambda out: write_fit_outputs(
+                                out, args, data, result, seconds, status, restarts
+                            ),
                         )
             finished = True
         finally:

@@ -18,6 +18,7 @@ from inference.errors import MixemError
 from inference.guides import GUIDE_SYNTAX
 from inference.hmm_cli import add_hmm_options
 from inference.predict_cli import add_predict_parser
+from inference.restarts import add_restart_option
 from inference.scale import add_scale_options
 
 
@@ -84,7 +85,9 @@ def add_fit_options(
     parser.add_argument(
         "--init",
         default="kmeans++",
-        help="kmeans++ (greedy, default)" + (files if fixed_k else " or random"),
+        help="kmeans++ (greedy, default), kmeans (K-means from kmeans++; gmm: its clusters' "
+        "weights, means and covariances, as GaussianMixture's init_params='kmeans')"
+        + (files if fixed_k else " or random"),
     )
     parser.add_argument(
         "--covariance",
@@ -202,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit a mixture by variational EM; write trace, labels, params, plot to --out.",
     )
     add_fit_options(fit_parser)
+    add_restart_option(fit_parser)
     add_guide_options(fit_parser)
     add_m_step_options(fit_parser)
     add_scale_options(fit_parser)

@@ -6,53 +6,33 @@ is K-means (Lloyd's algorithm from greedy k-means++), and ``guide="categorical"`
 any model in ``models.MODELS`` and any family ``inference.guides.parse_guide`` knows works. Input
 is checked and converted as scikit-learn does (integers and float16 to float64, float32 kept);
 bad input raises ``MixemError``, a ``ValueError``, with scikit-learn's message where it has one.
-``bic``, ``aic`` and ``icl`` score a fit for choosing K (``inference.selection``).
+``bic``, ``aic`` and ``icl`` score a fit for choosing K (``inference.selection``). The checks
+and starts are in ``inference.estimator_init``, the fitted attributes (scikit-learn's names:
+``means_``, ``weights_``, ``covariances_``, ``precisions_``, ``inertia_``, ``lower_bound_``
+per sample, ``n_iter_`` counted as scikit-learn counts) and ``sample`` in
+``inference.estimator_attributes``, the ``n_init`` restarts in ``inference.restarts``.
 """
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
+from inference import estimator_init as setup
 from inference.checks import check_support
-from inference.em import e_step, fit
+from inference.em import FitResult, e_step, fit
 from inference.enumerate import iter_log_joint
 from inference.errors import MixemError
-from inference.guides import GuideFamily, parse_guide
-from inference.init import kmeans_plusplus, random_points
-from inference.params import get_params
-
-_INITS = ("k-means++", "kmeans++", "random")
-_DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-def _model_class(name: str) -> Any:
-    from models import MODELS
-
-    if name not in MODELS:
-        raise MixemError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
-    return MODELS[name]
-
-
-def _as_dtype(dtype: Any) -> Any:
-    """The numpy dtype(s) ``validate_data`` converts to: float32/float64 kept, rest float64."""
-    if dtype is None:
-        return [np.float64, np.float32]
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError as err:
-        raise MixemError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}") from err
-    if resolved.name not in _DTYPES:
-        raise MixemError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
-    return _DTYPES[resolved.name]
+from inference.estimator_attributes import sample, store
+from inference.guides import GuideFamily
+from inference.restarts import best_of
+from inference.trace import TraceRecord
 
 
 class MixtureEM(ClusterMixin, BaseEstimator):
@@ -63,24 +43,34 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         guide: a family spec for ``parse_guide`` (e.g. ``"delta"``, ``"categorical"``), or a
             ``GuideFamily`` object.
         n_components: K.
-        init: ``"k-means++"`` (greedy, as scikit-learn), ``"random"`` (K distinct rows), or an
-            array (K, D) of starting centres.
+        init: ``"auto"`` (``"kmeans"`` for ``gmm``, ``"k-means++"`` otherwise), ``"kmeans"``
+            (GaussianMixture's ``init_params="kmeans"``: a K-means fit's hard labels give the
+            weights, means and covariances; other models start at its centres),
+            ``"k-means++"`` (greedy, as scikit-learn; for ``gmm`` every covariance the data's),
+            ``"random"`` (K distinct rows), or an array (K, D) of starting centres.
         max_iter: maximum M-steps. tol: stopping tolerance (see ``inference.em.fit``).
         random_state: seed of the initialisation (int, RandomState or None).
+        n_init: starts (seeds drawn from ``random_state``); the best final ELBO is kept.
+        verbose: 0 silent; 1 a line per start; 2 also a line per iteration (stdout).
         dtype: computation dtype; None keeps float32 and converts anything else to float64.
         chunk_size: rows per enumerated E-step chunk (memory is chunk_size x K).
         model_options: keywords of the model's ``from_centres``, e.g. ``{"covariance_type":
             "diag"}`` for ``"gmm"``.
 
-    Attributes (after ``fit``):
+    Attributes (after ``fit``; ``inference.estimator_attributes`` says which model has which):
         model_: the fitted Pyro model. guide_: the guide family.
         labels_: (N,) int64 labels of the training data, from an E-step under the final params.
         cluster_centers_: (K, D) the model's ``locs``, for models that have them.
+        means_, weights_, covariances_, precisions_, precisions_cholesky_: as GaussianMixture's.
+        inertia_: hard guides: sum of squared distances to the assigned mean (KMeans's).
         params_: every parameter of the model as a numpy array.
-        n_iter_: M-steps done. converged_: stopped by a criterion, not ``max_iter``.
+        n_iter_: iterations as scikit-learn counts them for the same run; n_m_steps_: the
+            M-steps done. converged_: stopped by a criterion, not ``max_iter``.
         stop_reason_: which criterion.
-        elbo_trace_, log_evidence_trace_: (n_iter_ + 1,) one entry per E-step.
-        lower_bound_: the final ELBO. trace_: the ``TraceRecord`` list.
+        elbo_trace_, log_evidence_trace_: (n_m_steps_ + 1,) one entry per E-step (totals).
+        elbo_: the final ELBO (total). lower_bound_: ``elbo_`` per sample (GaussianMixture's);
+        lower_bounds_: ``elbo_trace_`` per sample. trace_: the ``TraceRecord`` list.
+        init_seeds_, init_elbos_: (n_init,) each start's seed and final ELBO (total).
         n_features_in_: D.
     """
 
@@ -89,10 +79,12 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         model: str = "restricted-gmm",
         guide: str | GuideFamily = "delta",
         n_components: int = 8,
-        init: str | Any = "k-means++",
+        init: str | Any = "auto",
         max_iter: int = 300,
         tol: float = 1e-4,
         random_state: Any = None,
+        n_init: int = 1,
+        verbose: int = 0,
         dtype: Any = None,
         chunk_size: int = 4096,
         model_options: dict[str, Any] | None = None,
@@ -104,6 +96,8 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+        self.n_init = n_init
+        self.verbose = verbose
         self.dtype = dtype
         self.chunk_size = chunk_size
         self.model_options = model_options
@@ -112,7 +106,7 @@ class MixtureEM(ClusterMixin, BaseEstimator):
 
     def _validate(self, X: Any, reset: bool) -> Tensor:
         """(N, D) tensor of ``X``, checked by scikit-learn; ``reset`` on fit only."""
-        dtype = _as_dtype(self.dtype) if reset else self._np_dtype
+        dtype = setup.as_dtype(self.dtype) if reset else self._np_dtype
         try:
             array = validate_data(self, X, dtype=dtype, reset=reset)
         except ValueError as err:  # the same message, as the package's error type
@@ -122,122 +116,69 @@ class MixtureEM(ClusterMixin, BaseEstimator):
             check_support(self.model_, x, int(self.chunk_size))
         return x
 
-    def _check_settings(self, n: int) -> None:
-        k = self.n_components
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise MixemError(f"n_components must be a positive integer, got {k!r}")
-        if k > n:  # "n_samples=..." is the wording scikit-learn's checks look for
-            raise MixemError(f"n_components={k} exceeds n_samples={n}; use n_components <= {n}")
-        for name in ("max_iter", "chunk_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-                raise MixemError(f"{name} must be a non-negative integer, got {value!r}")
-        if self.chunk_size < 1:
-            raise MixemError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
-        tol = self.tol
-        if isinstance(tol, bool | np.bool_) or not isinstance(tol, numbers.Real):
-            raise MixemError(f"tol must be a finite number >= 0, got {tol!r}")
-        if not 0 <= float(tol) < float("inf"):
-            raise MixemError(f"tol must be a finite number >= 0, got {tol!r}")
-        if not isinstance(self.model, str):
-            raise MixemError(
-                f"model must be a name in models.MODELS (e.g. 'restricted-gmm'), got "
-                f"{type(self.model).__name__}"
-            )
-        if self.model_options is not None and not isinstance(self.model_options, dict):
-            raise MixemError(
-                f"model_options must be a dict of the model's options or None, got "
-                f"{type(self.model_options).__name__}"
-            )
-        if isinstance(self.guide, type):
-            raise MixemError(
-                f"guide must be a spec string or a guide family instance, got the class "
-                f"{self.guide.__name__}; use {self.guide.__name__}(...)"
-            )
-        try:
-            check_random_state(self.random_state)
-        except ValueError as err:
-            raise MixemError(
-                f"random_state must be None, an integer in 0..2**32 - 1 or a numpy "
-                f"RandomState, got {self.random_state!r}"
-            ) from err
-
-    def _initial_centres(self, x: Tensor, seed: int) -> Tensor:
-        """(K, D) starting centres from ``init``; ``seed`` drives the random ones."""
-        k = int(self.n_components)
-        if isinstance(self.init, str):
-            if self.init not in _INITS:
-                raise MixemError(
-                    f"init must be 'k-means++', 'random' or an array (K, D), got {self.init!r}"
-                )
-            generator = torch.Generator(device=x.device).manual_seed(seed)
-            if self.init == "random":
-                return random_points(x, k, generator)
-            return kmeans_plusplus(x, k, generator)
-        try:
-            centres = torch.tensor(np.asarray(self.init, dtype=np.float64), dtype=x.dtype)
-        except (TypeError, ValueError) as err:
-            raise MixemError(f"init must be an array of numbers (K, D): {err}") from err
-        if tuple(centres.shape) != (k, x.shape[1]):
-            raise MixemError(
-                f"init has shape {tuple(centres.shape)}, expected (n_components, n_features) "
-                f"= ({k}, {x.shape[1]})"
-            )
-        if not bool(torch.isfinite(centres).all()):
-            raise MixemError("init contains NaN or inf")
-        return centres
-
-    def _guide_family(self, seed: int) -> GuideFamily:
-        if isinstance(self.guide, str):  # the seed matters only to sampling families
-            return parse_guide(self.guide, int(self.n_components), seed=seed)
-        if not callable(getattr(self.guide, "e_step", None)):
-            raise MixemError(f"guide must be a spec string or a guide family, got {self.guide!r}")
-        return self.guide
-
     # -- fitting ----------------------------------------------------------------------------
 
     def fit(self, X: Any, y: Any = None) -> MixtureEM:
-        """Fit on ``X`` (N, D); ``y`` is ignored."""
+        """Fit on ``X`` (N, D) from ``n_init`` starts, keep the best; ``y`` is ignored."""
         x = self._validate(X, reset=True)
-        self._check_settings(x.shape[0])
-        model_class = _model_class(self.model)
-        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        guide = self._guide_family(seed)
-        options = dict(self.model_options or {})
-        try:
-            model = model_class.from_centres(self._initial_centres(x, seed), x, **options)
-        except TypeError as err:  # an option the model does not take
-            raise MixemError(f"model {self.model!r} does not take {options}: {err}") from err
-        result = fit(
-            model,
-            x,
-            guide,
-            max_iter=int(self.max_iter),
-            tol=float(self.tol),
-            chunk_size=int(self.chunk_size),
-        )
-        self._store(result, guide, x.dtype)
+        setup.check_settings(self, x.shape[0])
+        setup.model_class(self.model)
+        setup.check_init(self.init)
+        seeds = setup.start_seeds(self.random_state, int(self.n_init))
+        guides: dict[int, GuideFamily] = {}
+
+        def one_start(seed: int) -> FitResult:
+            index = len(guides)  # the start's number, for verbose
+            guides[seed] = setup.guide_family(self.guide, int(self.n_components), seed)
+            if self.verbose:
+                print(f"Initialization {index} (seed {seed})")
+            result = fit(
+                setup.initial_model(self, x, seed),
+                x,
+                guides[seed],
+                max_iter=int(self.max_iter),
+                tol=float(self.tol),
+                chunk_size=int(self.chunk_size),
+                callback=self._progress(x.shape[0]) if int(self.verbose) >= 2 else None,
+            )
+            if self.verbose:
+                print(
+                    f"Initialization {index}: {result.stop_reason} after "
+                    f"{result.n_iter} M-steps, lower bound {result.trace[-1].elbo / len(x):.6g}"
+                )
+            return result
+
+        result, seed, starts = best_of(seeds, one_start)
+        self.guide_ = guides[seed]
+        self.model_ = result.model
+        self._np_dtype = setup.DTYPES[str(x.dtype).removeprefix("torch.")]
+        store(self, result, x, bool(self.guide_.hard))
+        self.init_seeds_ = np.array([s.seed for s in starts], dtype=np.int64)
+        self.init_elbos_ = np.array([s.elbo for s in starts])
         return self
 
-    def _store(self, result: Any, guide: GuideFamily, dtype: torch.dtype) -> None:
-        self.model_ = result.model
-        self.guide_ = guide
-        self._np_dtype = _DTYPES[str(dtype).removeprefix("torch.")]
-        self.labels_ = result.labels.cpu().numpy().astype(np.int64)
-        self.params_ = {k: v.cpu().numpy() for k, v in get_params(result.model).items()}
-        if "locs" in self.params_:
-            self.cluster_centers_ = self.params_["locs"]
-        self.trace_ = list(result.trace)
-        self.elbo_trace_ = np.array([r.elbo for r in result.trace])
-        self.log_evidence_trace_ = np.array([r.log_evidence for r in result.trace])
-        self.lower_bound_ = float(self.elbo_trace_[-1])
-        self.n_iter_ = int(result.n_iter)
-        self.converged_ = bool(result.converged)
-        self.stop_reason_ = result.stop_reason
+    @staticmethod
+    def _progress(n: int) -> Callable[[TraceRecord], None]:
+        last: list[float] = []
+
+        def show(record: TraceRecord) -> None:
+            change = record.elbo / n - last[-1] if last else float("inf")
+            last.append(record.elbo / n)
+            print(
+                f"  Iteration {record.iteration}: lower bound {last[-1]:.6g}, change {change:.3g}"
+            )
+
+        return show
 
     def fit_predict(self, X: Any, y: Any = None, **kwargs: Any) -> np.ndarray:
         """``fit(X).labels_``: (N,) int64."""
         return self.fit(X).labels_
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(X (n_samples, D), y (n_samples,)) drawn from the fitted mixture, grouped by
+        component as ``GaussianMixture.sample`` does; seeded by ``random_state``."""
+        check_is_fitted(self)
+        return sample(self, n_samples)
 
     # -- prediction -------------------------------------------------------------------------
 
@@ -261,6 +202,10 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         """(N, K) exact posterior p(z = c | x, theta) under the fitted model, as
         ``GaussianMixture.predict_proba`` (a Delta guide's own q would be one-hot)."""
         return self._per_row(X, lambda table: table.softmax(dim=1))
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """(N, K) log p(z = c | x, theta), as ``GaussianMixture.predict_log_proba``."""
+        return self._per_row(X, lambda table: table.log_softmax(dim=1))
 
     def score_samples(self, X: Any) -> np.ndarray:
         """(N,) log p(x_i | theta): the log evidence of each row of ``X`` (N, D)."""

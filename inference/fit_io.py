@@ -17,7 +17,7 @@ from inference.cli_args import model_names
 from inference.data import load_array, to_tensor
 from inference.em import FitResult
 from inference.errors import MixemError
-from inference.init import kmeans_plusplus, random_points
+from inference.init import kmeans, kmeans_plusplus, random_points, start_model
 from inference.load import STATE_FILE
 from inference.outputs import check_out, write_json, write_npy, write_npz, write_plot, write_text
 from inference.params import get_params
@@ -34,16 +34,18 @@ def load_data(args: argparse.Namespace) -> torch.Tensor:
 
 
 def initial_centres(spec: str, x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """(K, D) starting means from ``--init``."""
+    """(K, D) starting means from ``--init`` (kmeans: the centres of K-means from kmeans++)."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     if spec == "kmeans++":
         return kmeans_plusplus(x, k, generator)
+    if spec == "kmeans":
+        return kmeans(x, k, generator)[0]
     if spec == "random":
         return random_points(x, k, generator)
     if not spec.endswith(".npy"):
         raise MixemError(
-            f"--init must be kmeans++, random, a .npy file of means or a .npz file of params, "
-            f"got {spec!r}"
+            "--init must be kmeans++, kmeans, random, a .npy file of means or a .npz file of "
+            f"params, got {spec!r}"
         )
     centres = to_tensor(load_array(spec), str(x.dtype).removeprefix("torch."))
     if tuple(centres.shape) != (k, x.shape[1]):
@@ -64,9 +66,12 @@ def build_model(args: argparse.Namespace, x: torch.Tensor) -> Any:
     from inference.model_init import init_from_file, model_options
 
     model_class = MODELS[args.model]
+    options = model_options(model_class, args)
+    if args.init == "kmeans":  # gmm: GaussianMixture's init_params="kmeans" (from_labels)
+        return start_model(model_class, x, args.k, "kmeans", args.seed, options)
     from_file = args.init.endswith(".npz")  # named params; the rest start as with kmeans++
     centres = initial_centres("kmeans++" if from_file else args.init, x, args.k, args.seed)
-    model = model_class.from_centres(centres, x, **model_options(model_class, args))
+    model = model_class.from_centres(centres, x, **options)
     if from_file:
         init_from_file(model, args.init)
     return model
@@ -79,7 +84,10 @@ def write_fit_outputs(
     result: FitResult,
     seconds: float,
     status: str = "completed",
+    restarts: dict[str, Any] | None = None,
 ) -> None:
+    """The files of one fit; ``restarts`` (``--n-init``: the kept seed and every start's seed
+    and ELBO) goes into summary.json as it is."""
     rows = to_rows(result.trace)
     last = result.trace[-1]
     write_text(out / "trace.csv", csv_text(rows))
@@ -105,6 +113,7 @@ def write_fit_outputs(
         **{key: getattr(args, key, None) for key in ("seed", "init", "tol", "max_iter")},
         "versions": versions(),
         "command": command_line(args),
+        **(restarts or {}),
     }
     write_json(out / "summary.json", summary)
 

@@ -1,11 +1,18 @@
-"""Starting points: greedy k-means++ (Arthur & Vassilvitskii 2007, as scikit-learn), random rows."""
+"""Starting points: greedy k-means++ (Arthur & Vassilvitskii 2007, as scikit-learn), random rows,
+and K-means (scikit-learn's ``KMeans(n_init=1)``: Lloyd's loop from greedy k-means++), whose
+hard labels give GaussianMixture's ``init_params="kmeans"`` start (``start_model``)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
+
+# the named starts of the estimator and the CLI; "auto": "kmeans" for a model that can start from
+# labels (``from_labels``: gmm, as GaussianMixture), "kmeans++" for every other
+STARTS = ("auto", "kmeans", "kmeans++", "random")
 
 
 def _sq_dist(x: Tensor, centres: Tensor) -> Tensor:
@@ -73,3 +80,50 @@ def kmeans_plusplus(
 def random_points(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
     """(k, D) distinct rows of ``x`` (N, D) chosen uniformly at random."""
     return x[torch.randperm(x.shape[0], generator=generator, device=x.device)[:k]].clone()
+
+
+def kmeans(
+    x: Tensor, k: int, generator: torch.Generator, max_iter: int = 300, tol: float = 1e-4
+) -> tuple[Tensor, Tensor]:
+    """(centres (k, D), labels (N,)) of K-means on ``x`` (N, D): Lloyd's loop (the Delta guide
+    on ``RestrictedGMM``) from greedy k-means++ drawn with ``generator``; scikit-learn's
+    ``KMeans(n_clusters=k, n_init=1)`` defaults (``max_iter=300``, ``tol=1e-4``)."""
+    from inference.em import fit
+    from inference.guides import Delta
+    from models.restricted_gmm import RestrictedGMM
+
+    start = RestrictedGMM(kmeans_plusplus(x, k, generator))
+    result = fit(start, x, Delta(), max_iter=max_iter, tol=tol)
+    return result.model.locs.detach().clone(), result.labels
+
+
+def resolve_start(spec: str, model_class: Any) -> str:
+    """The start ``spec`` names for ``model_class``: "auto" is "kmeans" for a model with
+    ``from_labels`` (gmm) and "kmeans++" otherwise; "k-means++" is "kmeans++"."""
+    if spec == "auto":
+        return "kmeans" if hasattr(model_class, "from_labels") else "kmeans++"
+    return "kmeans++" if spec == "k-means++" else spec
+
+
+def start_model(
+    model_class: Any, x: Tensor, k: int, spec: str, seed: int, options: dict[str, Any]
+) -> Any:
+    """A ``model_class`` for ``x`` (N, D) with ``k`` components from the named start ``spec``.
+
+    "kmeans++" and "random": ``from_centres`` at those rows. "kmeans": K-means from k-means++
+    (``kmeans``); a model with ``from_labels`` (gmm) starts from its hard labels, as
+    GaussianMixture's ``init_params="kmeans"`` does (weights, means, covariances + reg_covar
+    of each cluster), any other from its centres. ``seed`` draws the rows.
+    """
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    spec = resolve_start(spec, model_class)
+    if spec == "kmeans":
+        centres, labels = kmeans(x, k, generator)
+        from_labels = getattr(model_class, "from_labels", None)
+        if from_labels is not None:
+            return from_labels(labels, x, k, **options)
+    elif spec == "random":
+        centres = random_points(x, k, generator)
+    else:
+        centres = kmeans_plusplus(x, k, generator)
+    return model_class.from_centres(centres, x, **options)

@@ -111,6 +111,41 @@ class GMM(PyroModule):
         }.get(kind, cov)
         return cls(centres, start.clone(), **options)
 
+    @classmethod
+    def from_labels(cls, labels: Tensor, x: Tensor, k: int, **options: Any) -> GMM:
+        """GaussianMixture's ``init_params="kmeans"`` start from hard responsibilities.
+
+        As scikit-learn's ``_initialize`` on one-hot responsibilities: each component's weight
+        its share of the (N,) ``labels`` (counts + 10 eps, as scikit-learn), its mean and
+        covariance (+ ``reg_covar``) those of its rows of ``x`` (N, D), in the shape of
+        ``covariance_type``; a component without rows starts at the data's mean and covariance.
+        """
+        kind = options.get("covariance_type", "full")
+        reg = float(options.get("reg_covar", 1e-6))
+        d = x.shape[1]
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        labels = labels.to(x.device).long()
+        centre = x.mean(0)
+        data_cov = (x - centre).T @ (x - centre) / x.shape[0]
+        locs, scatter = centre.expand(k, d).clone(), data_cov.expand(k, d, d).clone()
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        for c in range(k):  # one component's rows at a time: memory N x D, not N x D x D
+            rows = x[labels == c]
+            if rows.shape[0] > 0:
+                locs[c] = rows.mean(0)
+                diff = rows - locs[c]
+                scatter[c] = diff.T @ diff / rows.shape[0]
+        scatter = (scatter + scatter.mT) / 2  # exactly symmetric, as Cholesky expects
+        start = {
+            "full": scatter + reg * eye,
+            "tied": (counts[:, None, None] * scatter).sum(0) / counts.sum() + reg * eye,
+            "diag": scatter.diagonal(dim1=1, dim2=2).clamp_min(0) + reg,
+            "spherical": scatter.diagonal(dim1=1, dim2=2).clamp_min(0).mean(1) + reg,
+        }.get(kind, scatter)
+        shares = counts + 10 * torch.finfo(x.dtype).eps
+        weights = shares / shares.sum() if options.get("learn_weights", True) else None
+        return cls(locs, start.contiguous(), weights, **options)
+
     @property
     def n_components(self) -> int:
         return int(self.locs.shape[0])

@@ -74,13 +74,15 @@ def test_delta_guide_is_sklearn_kmeans():
     km = KMeans(3, init=init, n_init=1, algorithm="lloyd", tol=1e-4).fit(x)
     assert np.array_equal(est.labels_, km.labels_)
     np.testing.assert_allclose(est.cluster_centers_, km.cluster_centers_, rtol=0, atol=1e-9)
-    assert est.converged_ and est.n_iter_ >= 1
-    assert est.elbo_trace_.shape == est.log_evidence_trace_.shape == (est.n_iter_ + 1,)
+    assert est.converged_ and est.n_iter_ == km.n_iter_ >= 2
+    assert est.inertia_ == pytest.approx(km.inertia_, rel=1e-12)
+    assert est.elbo_trace_.shape == est.log_evidence_trace_.shape == (est.n_m_steps_ + 1,)
     assert np.all(np.diff(est.elbo_trace_) >= -1e-9 * np.abs(est.elbo_trace_[:-1]))
-    # Delta ELBO = -SSE/2 - (ND/2) log 2pi - N log K (DESIGN.md)
+    # Delta ELBO = -SSE/2 - (ND/2) log 2pi - N log K (DESIGN.md); lower_bound_ is per sample
     n, d = x.shape
     expected = -km.inertia_ / 2 - n * d / 2 * np.log(2 * np.pi) - n * np.log(3)
-    assert est.lower_bound_ == pytest.approx(expected, rel=1e-12)
+    assert est.elbo_ == pytest.approx(expected, rel=1e-12)
+    assert est.lower_bound_ == pytest.approx(expected / n, rel=1e-12)
 
 
 def test_predictions_agree_with_the_fit():
@@ -190,7 +192,11 @@ def test_k_equal_n_with_duplicate_points_terminates():
         ({"random_state": -1}, None, "random_state must be None, an integer in 0..2\\*\\*32"),
         ({"dtype": "float16"}, None, "dtype must be None, 'float32' or 'float64'"),
         ({"dtype": "banana"}, None, "dtype must be None"),
-        ({"init": "kmeans"}, None, "init must be 'k-means\\+\\+', 'random' or an array"),
+        (
+            {"init": "kmeans+"},
+            None,
+            "init must be .auto., .kmeans., .k-means\\+\\+., .random. or an array",
+        ),
         ({"init": np.zeros((2, 4))}, None, "init has shape \\(2, 4\\), expected"),
         ({"init": np.full((8, 4), np.nan)}, None, "init contains NaN or inf"),
         ({"init": [["a"] * 4] * 8}, None, "init must be an array of numbers"),
