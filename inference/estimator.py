@@ -3,7 +3,8 @@
     MixtureEM(model="restricted-gmm", guide="delta", n_components=8).fit(X).labels_
 
 is K-means (Lloyd's algorithm from greedy k-means++), and ``guide="categorical"`` classical EM;
-any model in ``models.MODELS`` and any family ``inference.guides.parse_guide`` knows works. Input
+any model in ``models.MODELS`` or a user's (``inference.user_model``) and any family
+``inference.guides.parse_guide`` knows works. Input
 is checked and converted as scikit-learn does (integers and float16 to float64, float32 kept);
 bad input raises ``MixemError``, a ``ValueError``, with scikit-learn's message where it has one.
 ``bic``, ``aic`` and ``icl`` score a fit for choosing K (``inference.selection``). The checks
@@ -39,7 +40,12 @@ class MixtureEM(ClusterMixin, BaseEstimator):
     """Mixture model fitted by variational EM with q restricted to a guide family.
 
     Args:
-        model: a name in ``models.MODELS`` (e.g. ``"restricted-gmm"``).
+        model: a name in ``models.MODELS`` (e.g. ``"restricted-gmm"``), a user's
+            ``"package.module:Class"``, or the class or factory itself (``from_centres(centres
+            (K, D), x (N, D), **model_options)`` or ``factory(centres, x, **model_options)``;
+            ``inference.user_model``), checked against the model contract at ``fit``. A class
+            or a module-level function pickles by reference, so ``GridSearchCV(n_jobs=2)``
+            runs it in its workers.
         guide: a family spec for ``parse_guide`` (e.g. ``"delta"``, ``"categorical"``), or a
             ``GuideFamily`` object.
         n_components: K.
@@ -56,6 +62,11 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         chunk_size: rows per enumerated E-step chunk (memory is chunk_size x K).
         model_options: keywords of the model's ``from_centres``, e.g. ``{"covariance_type":
             "diag"}`` for ``"gmm"``.
+        m_step: "auto" (the first that applies), "closed", "family" or "gradient" (any model:
+            L-BFGS on E_q[log p(X, Z | theta)], ``inference.mstep_gradient``).
+        m_step_options: the gradient M-step's settings, a dict of ``Gradient``'s fields
+            (``max_steps``, ``tol``, ``line_search``, ``lr``, ``warm_start``); only with
+            ``m_step="gradient"``.
 
     Attributes (after ``fit``; ``inference.estimator_attributes`` says which model has which):
         model_: the fitted Pyro model. guide_: the guide family.
@@ -76,7 +87,7 @@ class MixtureEM(ClusterMixin, BaseEstimator):
 
     def __init__(
         self,
-        model: str = "restricted-gmm",
+        model: str | Any = "restricted-gmm",
         guide: str | GuideFamily = "delta",
         n_components: int = 8,
         init: str | Any = "auto",
@@ -88,6 +99,8 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         dtype: Any = None,
         chunk_size: int = 4096,
         model_options: dict[str, Any] | None = None,
+        m_step: str = "auto",
+        m_step_options: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.guide = guide
@@ -101,6 +114,8 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         self.dtype = dtype
         self.chunk_size = chunk_size
         self.model_options = model_options
+        self.m_step = m_step
+        self.m_step_options = m_step_options
 
     # -- input ------------------------------------------------------------------------------
 
@@ -124,6 +139,7 @@ class MixtureEM(ClusterMixin, BaseEstimator):
         setup.check_settings(self, x.shape[0])
         setup.model_class(self.model)
         setup.check_init(self.init)
+        m_step = setup.m_step(self.m_step, self.m_step_options)
         seeds = setup.start_seeds(self.random_state, int(self.n_init))
         guides: dict[int, GuideFamily] = {}
 
@@ -139,6 +155,7 @@ class MixtureEM(ClusterMixin, BaseEstimator):
                 max_iter=int(self.max_iter),
                 tol=float(self.tol),
                 chunk_size=int(self.chunk_size),
+                m_step=m_step,
                 callback=self._progress(x.shape[0]) if int(self.verbose) >= 2 else None,
             )
             if self.verbose:

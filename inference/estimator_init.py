@@ -14,18 +14,19 @@ from torch import Tensor
 from inference.errors import MixemError
 from inference.guides import GuideFamily, parse_guide
 from inference.init import start_model
+from inference.user_model import build, check_contract, describe, is_reference
 
 # the named starts: "auto" is GaussianMixture's "kmeans" for gmm and "k-means++" for the rest
 INITS = ("auto", "kmeans", "k-means++", "kmeans++", "random")
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
-def model_class(name: str) -> Any:
-    from models import MODELS
+def model_class(spec: Any) -> Any:
+    """What builds ``spec``'s models: a name of ``models.MODELS``, ``"module:Class"``, or a
+    user's class or factory as it is (``inference.user_model``)."""
+    from inference.user_model import resolve
 
-    if name not in MODELS:
-        raise MixemError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
-    return MODELS[name]
+    return resolve(spec)
 
 
 def as_dtype(dtype: Any) -> Any:
@@ -65,10 +66,10 @@ def check_settings(est: Any, n: int) -> None:
         raise MixemError(f"tol must be a finite number >= 0, got {tol!r}")
     if not 0 <= float(tol) < float("inf"):
         raise MixemError(f"tol must be a finite number >= 0, got {tol!r}")
-    if not isinstance(est.model, str):
+    if not (isinstance(est.model, str) or callable(est.model)):
         raise MixemError(
-            f"model must be a name in models.MODELS (e.g. 'restricted-gmm'), got "
-            f"{type(est.model).__name__}"
+            "model must be a name in models.MODELS (e.g. 'restricted-gmm'), "
+            f"'package.module:Class', or a model class or factory, got {type(est.model).__name__}"
         )
     if est.model_options is not None and not isinstance(est.model_options, dict):
         raise MixemError(
@@ -126,10 +127,31 @@ def initial_model(est: Any, x: Tensor, seed: int) -> Any:
     check_init(est.init)
     try:
         if isinstance(est.init, str):
-            return start_model(cls, x, k, est.init, seed, options)
-        return cls.from_centres(_given_centres(est.init, x, k), x, **options)
+            model = start_model(cls, x, k, est.init, seed, options)
+        else:
+            model = build(cls, _given_centres(est.init, x, k), x, options)
     except TypeError as err:  # an option the model does not take
-        raise MixemError(f"model {est.model!r} does not take {options}: {err}") from err
+        raise MixemError(f"model {describe(est.model)} does not take {options}: {err}") from err
+    if not isinstance(est.model, str) or is_reference(est.model):  # a user's: checked first
+        check_contract(model, x, k, est.model)
+    return model
+
+
+M_STEPS = ("auto", "closed", "family", "gradient")
+
+
+def m_step(kind: Any, options: Any) -> Any:
+    """``fit``'s ``m_step`` for ``MixtureEM(m_step=kind, m_step_options=options)``: the kind,
+    or the checked ``Gradient`` settings for "gradient"."""
+    from inference.mstep_gradient import gradient_settings
+
+    if kind not in M_STEPS:
+        raise MixemError(f"m_step must be one of {', '.join(map(repr, M_STEPS))}, got {kind!r}")
+    if kind == "gradient":
+        return gradient_settings(options)
+    if options is not None:
+        raise MixemError(f"m_step_options apply to m_step='gradient', not m_step={kind!r}")
+    return kind
 
 
 def guide_family(guide: Any, k: int, seed: int) -> GuideFamily:

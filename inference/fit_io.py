@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.cli_args import model_names
 from inference.data import load_array, to_tensor
 from inference.em import FitResult
 from inference.errors import MixemError
@@ -59,21 +58,23 @@ def initial_centres(spec: str, x: torch.Tensor, k: int, seed: int) -> torch.Tens
 
 
 def build_model(args: argparse.Namespace, x: torch.Tensor) -> Any:
-    from models import MODELS
-
-    if args.model not in MODELS:
-        raise MixemError(f"unknown model {args.model!r}; choose one of: {', '.join(model_names())}")
+    """The starting model of ``args.model`` (a name of ``models.MODELS`` or a user's
+    ``package.module:Class``, checked against the contract) for ``x`` (N, D)."""
     from inference.model_init import init_from_file, model_options
+    from inference.user_model import build, check_contract, is_reference, resolve
 
-    model_class = MODELS[args.model]
+    model_class = resolve(args.model)
     options = model_options(model_class, args)
     if args.init == "kmeans":  # gmm: GaussianMixture's init_params="kmeans" (from_labels)
-        return start_model(model_class, x, args.k, "kmeans", args.seed, options)
-    from_file = args.init.endswith(".npz")  # named params; the rest start as with kmeans++
-    centres = initial_centres("kmeans++" if from_file else args.init, x, args.k, args.seed)
-    model = model_class.from_centres(centres, x, **options)
-    if from_file:
-        init_from_file(model, args.init)
+        model = start_model(model_class, x, args.k, "kmeans", args.seed, options)
+    else:
+        from_file = args.init.endswith(".npz")  # named params; the rest start as with kmeans++
+        centres = initial_centres("kmeans++" if from_file else args.init, x, args.k, args.seed)
+        model = build(model_class, centres, x, options)
+        if from_file:
+            init_from_file(model, args.init)
+    if is_reference(args.model):  # a user's model: its mistakes said before the fit runs
+        check_contract(model, x, args.k, args.model)
     return model
 
 

@@ -126,4 +126,6 @@ def start_model(
         centres = random_points(x, k, generator)
     else:
         centres = kmeans_plusplus(x, k, generator)
-    return model_class.from_centres(centres, x, **options)
+    from inference.user_model import build
+
+    return build(model_class, centres, x, options)

@@ -1,7 +1,7 @@
 """Loading a saved fit: the model that ``mixem fit --out DIR`` wrote, rebuilt from DIR.
 
 DIR holds ``summary.json`` (the model's name, K, dtype, model options, guide; a mixture of
-``models.MODELS`` or an ``hmm``) and
+``models.MODELS``, an ``hmm``, or a user's ``"module:Class"``, imported again) and
 ``params.npz`` (the constrained parameters, by name). The model is built from its class's
 constructor with those parameters as keywords, then, when DIR has ``model_state.npz`` (the
 model's ``state_dict``: the unconstrained parameters and buffers such as the fixed reference
@@ -22,6 +22,7 @@ import torch
 
 from inference.errors import MixemError
 from inference.params import get_params
+from inference.user_model import is_reference
 
 STATE_FILE = "model_state.npz"
 
@@ -89,8 +90,15 @@ def _categories(probs: torch.Tensor) -> list[int]:
     return [int(row.nonzero().max()) + 1 if bool(row.any()) else 1 for row in used]
 
 
-def _build(model_class: Any, params: dict[str, torch.Tensor], options: dict[str, Any]) -> Any:
-    """``model_class(**params, **options)``, keywords the constructor does not take left out."""
+def _build(
+    model_class: Any,
+    params: dict[str, torch.Tensor],
+    options: dict[str, Any],
+    restored: bool = False,
+) -> Any:
+    """``model_class(**params, **options)``, keywords the constructor does not take left out;
+    ``restored``: model_state.npz sets every parameter afterwards, so the constructor need
+    take only those it requires (a user's ``LaplaceMixture(locs, scales)`` without weights)."""
     signature = inspect.signature(model_class).parameters
     accepted = set(signature)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
@@ -99,9 +107,25 @@ def _build(model_class: Any, params: dict[str, torch.Tensor], options: dict[str,
     if "n_categories" in accepted and "probs" in params:
         keywords["n_categories"] = _categories(params["probs"])
     missing = sorted(set(params) - accepted)
-    if missing:
+    if missing and not restored:
         raise TypeError(f"the constructor takes no {', '.join(missing)}")
     return model_class(**{key: value for key, value in keywords.items() if key in accepted})
+
+
+def _user_class(name: str, what: str) -> Any:
+    """The class ``name`` (``"module:Class"``) refers to; rebuilt by its constructor."""
+    from inference.user_model import resolve
+
+    try:
+        target = resolve(name)
+    except MixemError as err:
+        raise MixemError(f"{what}: {err}") from err
+    if not inspect.isclass(target):
+        raise MixemError(
+            f"{what}: model {name!r} is a factory, not a class; a fit is loaded through its "
+            "class's constructor, which takes the parameters by name"
+        )
+    return target
 
 
 def load_fit(directory: str | Path, what: str | None = None) -> LoadedFit:
@@ -114,6 +138,8 @@ def load_fit(directory: str | Path, what: str | None = None) -> LoadedFit:
     summary = _read_summary(directory, what)
     name = summary["model"]
     classes = {**MODELS, "hmm": HMM}
+    if is_reference(name):  # a user's model: imported again, as the fit did
+        classes[name] = _user_class(name, what)
     if name not in classes:
         raise MixemError(
             f"{what}: fitted with model {name!r}, which this version does not have (it has: "
@@ -122,8 +148,9 @@ def load_fit(directory: str | Path, what: str | None = None) -> LoadedFit:
     arrays = _read_npz(directory / "params.npz", what)
     params = {key: torch.from_numpy(np.array(value)) for key, value in arrays.items()}
     options = summary.get("model_options") or {}
+    restored = (directory / STATE_FILE).is_file()
     try:
-        model = _build(classes[name], params, dict(options))
+        model = _build(classes[name], params, dict(options), restored)
     except (TypeError, ValueError) as err:  # MixemError is a ValueError
         raise MixemError(f"{what}: params.npz does not make a {name} model ({err})") from err
     if (directory / STATE_FILE).is_file():

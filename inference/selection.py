@@ -226,13 +226,13 @@ def select_k(
     """
     from inference.guides import parse_guide
     from inference.init import kmeans_plusplus
+    from inference.user_model import build as build_from
+    from inference.user_model import resolve
     from inference.validation import check_data
-    from models import MODELS
 
     if criterion not in CRITERIA:
         raise MixemError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    if model not in MODELS:
-        raise MixemError(f"unknown model {model!r}; choose one of: {', '.join(sorted(MODELS))}")
+    builder = resolve(model)
     ks = list(ks)
     if not ks or min(ks) < 1:
         raise MixemError(f"ks must be K's >= 1, got {ks}")
@@ -243,7 +243,7 @@ def select_k(
 
     def build(k: int, start_seed: int) -> Any:
         centres = kmeans_plusplus(x, k, torch.Generator(device=x.device).manual_seed(start_seed))
-        return MODELS[model].from_centres(centres, x, **dict(model_options or {}))
+        return build_from(builder, centres, x, dict(model_options or {}))
 
     rows, best = sweep(
         x,
