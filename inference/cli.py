@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from inference.cli_args import build_parser
+from inference.cli_encoder_args import check_encoder_options, with_encoder_settings
 from inference.distributed import Reducer
 from inference.dpmeans_cli import run_dp_fit
 from inference.em import FitResult
 from inference.errors import MixemError
 from inference.fit_io import build_model, check_overwrite, load_data, write_fit_outputs
-from inference.guides import Anneal, parse_anneal, parse_guide
+from inference.guides import Amortised, Anneal, parse_anneal, parse_guide
 from inference.hmm_cli import check_hmm_options, run_hmm_compare, run_hmm_fit
 from inference.online import fit_minibatch
 from inference.outputs import (
@@ -92,8 +93,11 @@ def _fit_loop(
 
 
 def _restart_guide(args: argparse.Namespace, guide: Any, seed: int) -> Any:
-    """The guide of the restart with ``seed`` (a sampling family draws with it)."""
-    return guide if args.n_init == 1 or args.anneal else parse_guide(args.guide, args.k, seed)
+    """The guide of the restart with ``seed`` (a sampling family draws with it, an amortised
+    one builds its encoder from it)."""
+    if args.n_init == 1 or args.anneal:
+        return guide
+    return with_encoder_settings(parse_guide(args.guide, args.k, seed), args)
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -106,6 +110,8 @@ def run_fit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_scale_options(args)
     guide = parse_anneal(args.anneal) if args.anneal else parse_guide(args.guide, args.k, args.seed)
+    check_encoder_options(args, [guide.name])
+    guide = with_encoder_settings(guide, args)
     args.guide = guide.name  # the label in outputs, normalised (e.g. tempered:0.50 -> 0.5)
     check_out(args.out)  # before any data is read: a bad --out must not cost a whole fit
     # until the loop starts a signal ends the run at once (nothing to save yet: exit 130/143);
@@ -185,7 +191,16 @@ def run_compare(args: argparse.Namespace) -> int:
         return run_hmm_compare(args, specs)
     if args.anneal:
         specs.append(parse_anneal(args.anneal).name)
-    parse_guides(specs, args.k, args.seed)  # bad names fail before the data is read
+    families = parse_guides(specs, args.k, args.seed)  # bad names fail before the data is read
+    check_encoder_options(args, specs)
+    # an amortised guide takes the command line's encoder settings; the others stay specs,
+    # under the labels they were given
+    guides = [
+        with_encoder_settings(families[spec], args)
+        if spec in families and isinstance(families[spec], Amortised)
+        else spec
+        for spec in specs
+    ]
     check_out(args.out)
     with deferred_signals() as flag, locked_out(args.out):
         flag.deferring = False
@@ -194,7 +209,7 @@ def run_compare(args: argparse.Namespace) -> int:
             results = compare(
                 build_model(args, x),
                 x,
-                specs,
+                guides,
                 max_iter=args.max_iter,
                 tol=args.tol,
                 seed=args.seed,

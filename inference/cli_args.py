@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from inference.cli_dp_args import add_dp_options, check_dp_options
+from inference.cli_encoder_args import add_encoder_options
 from inference.cli_mstep_args import add_m_step_options, check_m_step_options
 from inference.cli_select_args import add_select_parser
 from inference.cli_types import non_negative_float, non_negative_int, positive_int
@@ -189,6 +190,7 @@ def add_compare_parser(commands: Any) -> None:
     parser.add_argument(
         "--anneal", default=None, metavar="T0:T1:STEPS", help="also fit " + ANNEAL_HELP
     )
+    add_encoder_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_options(fit_parser)
     add_restart_option(fit_parser)
     add_guide_options(fit_parser)
+    add_encoder_options(fit_parser)
     add_m_step_options(fit_parser)
     add_scale_options(fit_parser)
     add_dp_options(fit_parser)

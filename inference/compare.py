@@ -24,9 +24,10 @@ from inference.em import FitResult, MStep, fit
 from inference.enumerate import DEFAULT_CHUNK_SIZE
 from inference.errors import MixemError
 from inference.guides import GuideFamily, Schedule, parse_schedule
+from inference.guides.amortised import write_encoder
 from inference.outputs import write_json, write_npy, write_npz, write_plot, write_text
 from inference.params import get_params
-from inference.trace import TraceRecord, csv_text, format_evidence, to_rows
+from inference.trace import TraceRecord, csv_text, fields_of, format_evidence, to_rows
 
 GuideSpec = str | GuideFamily | Schedule
 
@@ -125,8 +126,14 @@ def compare(
 
 
 def trace_rows(results: dict[str, FitResult]) -> list[dict[str, Any]]:
-    """One row per guide and iteration: ``guide`` then the ``TraceRecord`` fields."""
-    return [row for label, result in results.items() for row in to_rows(result.trace, guide=label)]
+    """One row per guide and iteration: ``guide`` then the ``TraceRecord`` fields (the same
+    columns for every guide: ``amortisation_gap`` when any of them has one)."""
+    fields = fields_of(result.trace for result in results.values())
+    return [
+        row
+        for label, result in results.items()
+        for row in to_rows(result.trace, fields, guide=label)
+    ]
 
 
 def summary(results: dict[str, FitResult]) -> dict[str, dict[str, Any]]:
@@ -162,13 +169,15 @@ def guide_directory(label: str) -> str:
 
 
 def write_guide_outputs(out: Path, results: dict[str, FitResult]) -> None:
-    """``out/guides/LABEL/labels.npy`` and ``params.npz``: each guide's own fit."""
+    """``out/guides/LABEL/labels.npy`` and ``params.npz``: each guide's own fit (and an
+    amortised guide's ``encoder.pt``)."""
     for label, result in results.items():
         where = out / "guides" / guide_directory(label)
         labels = result.labels.cpu().numpy().astype(np.int64)
         write_npy(where / "labels.npy", labels)
         params = {k: v.cpu().numpy() for k, v in get_params(result.model).items()}
         write_npz(where / "params.npz", params)
+        write_encoder(where, getattr(result, "guide", None))  # an HMM fit has no guide field
 
 
 def write_compare_outputs(

@@ -8,7 +8,9 @@ iteration 1 on, the distance to the best final ELBO of all guides,
 
 where the guides' curves separate by orders of magnitude, and the bottom panel each guide's KL
 gap per point, (log p(X | theta_t) - ELBO_t) / N = KL(q_t || posterior) / N, which is 0 for
-the exact family. One colour and one legend entry per guide.
+the exact family. An amortised guide's amortisation gap per point (ELBO of the family's best
+member - its ELBO, at the same theta) is dotted in its colour beside it. One colour and one
+legend entry per guide.
 """
 
 from __future__ import annotations
@@ -27,11 +29,18 @@ LINEAR_BELOW = 1e-6  # nats per point: the symlog axis is linear within +-this
 class Curves(NamedTuple):
     """One guide's curves from iteration 1 on: steps (T,), below_best (T,) nats per point
     under the best final ELBO (negative where this guide was above it, e.g. a sampled family
-    mid-fit), kl_gap (T,) nats per point (NaN where the log evidence was not computed)."""
+    mid-fit), kl_gap (T,) nats per point (NaN where the log evidence was not computed),
+    amortisation_gap (T,) nats per point (NaN for a family whose q is its best member)."""
 
     steps: np.ndarray
     below_best: np.ndarray
     kl_gap: np.ndarray
+    amortisation_gap: np.ndarray
+
+
+def _number(value: float | None) -> float:
+    """A record's value, NaN for None (a null read back from trace.json)."""
+    return float("nan") if value is None else value
 
 
 def compare_curves(traces: Mapping[str, Sequence[TraceRecord]], n: int) -> dict[str, Curves]:
@@ -46,6 +55,7 @@ def compare_curves(traces: Mapping[str, Sequence[TraceRecord]], n: int) -> dict[
             np.array([r.iteration for r in later]),
             np.array([(best - r.elbo) / n for r in later]),
             np.array([r.kl_gap / n for r in later]),
+            np.array([_number(r.amortisation_gap) / n for r in later]),
         )
     return curves
 
@@ -58,16 +68,24 @@ def compare_figure(traces: Mapping[str, Sequence[TraceRecord]], n: int, title: s
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
+    amortised = False
     for i, (label, c) in enumerate(compare_curves(traces, n).items()):
         colour = f"C{i % 10}"
         top.plot(c.steps, c.below_best, "-o", ms=3, color=colour, label=label)
         bottom.plot(c.steps, c.kl_gap, "-", color=colour)
+        if np.isfinite(c.amortisation_gap).any():
+            amortised = True
+            bottom.plot(c.steps, c.amortisation_gap, ":", lw=2, color=colour)
     top.set_yscale("symlog", linthresh=LINEAR_BELOW)
     top.set_ylabel("best final ELBO - ELBO\n(nats per point)")
     top.set_title(title)
     top.legend(fontsize=8, ncol=2)
     bottom.set_yscale("symlog", linthresh=LINEAR_BELOW)
     bottom.set_ylabel("KL gap = log p(X) - ELBO\n(nats per point)")
+    if amortised:  # one key for the line styles; the colours are the top panel's
+        bottom.plot([], [], "-", color="0.3", label="KL gap")
+        bottom.plot([], [], ":", lw=2, color="0.3", label="amortisation gap")
+        bottom.legend(fontsize=8)
     bottom.set_xlabel("iteration (M-steps done), from 1")
     fig.tight_layout()
     return fig

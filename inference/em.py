@@ -52,7 +52,8 @@ from inference.trace import TraceRecord
 class FitResult(NamedTuple):
     """model: fitted in place. labels: (N,) consistent with the final parameters.
     q: final responsibilities. trace: one record per E-step. n_iter: M-steps done.
-    converged: stopped by a criterion rather than ``max_iter``. stop_reason: which one."""
+    converged: stopped by a criterion rather than ``max_iter``. stop_reason: which one.
+    guide: the family of the last E-step (an ``amortised`` one holds its trained encoder)."""
 
     model: Any
     labels: Tensor
@@ -61,6 +62,7 @@ class FitResult(NamedTuple):
     n_iter: int
     converged: bool
     stop_reason: str
+    guide: Any = None
 
 
 def e_step(
@@ -75,7 +77,11 @@ def e_step(
 
     ``q``, ``labels`` and ``point_fit`` are this worker's; ``elbo`` and ``log_evidence`` are
     totals over all workers (``reducer``). ``recycle``: a q that is no longer needed (the
-    previous E-step's, in the EM loop), whose memory the new q may take over."""
+    previous E-step's, in the EM loop), whose memory the new q may take over. A family that
+    maps the rows themselves to q (``amortised``) gives its q for ``x``, untrained."""
+    from_data = getattr(guide, "data_e_step", None)
+    if from_data is not None:
+        return from_data(model, x, chunk_size, reducer, recycle, train_encoder=False)
     assembled, labels, fits = Assembler(x.shape[0], recycle), [], []
     elbo = log_evidence = 0.0
     for start, table in iter_log_joint(model, x, chunk_size):
@@ -216,6 +222,9 @@ def fit(
 
     def best_q(family: GuideFamily, previous: EStep | None) -> EStep:
         recycle = None if previous is None else previous.q  # dead once the M-step used it
+        trains = getattr(family, "data_e_step", None)  # amortised: a partial E-step on x
+        if trains is not None:
+            return trains(model, x, chunk_size, reducer, recycle, train_encoder=True)
         if data is not None and fused.reduction(family) is not None:
             return fused.e_step(model, family, data, reducer, previous)
         return e_step(model, family, x, chunk_size, reducer, recycle=recycle)
@@ -272,4 +281,4 @@ def fit(
             reason = stop
             break
     converged = reason not in ("max_iter", "interrupted")
-    return FitResult(model, est.labels, est.q, trace, n_iter, converged, reason)
+    return FitResult(model, est.labels, est.q, trace, n_iter, converged, reason, family_at(n_iter))

@@ -42,6 +42,7 @@ def record(
         n_changed,
         n_relocated,
         time.perf_counter() - started,
+        est.amortisation_gap,
     )
 
 

@@ -155,9 +155,10 @@ def m_step(kind: Any, options: Any) -> Any:
 
 
 def guide_family(guide: Any, k: int, seed: int) -> GuideFamily:
-    if isinstance(guide, str):  # the seed matters only to sampling families
+    if isinstance(guide, str):  # the seed matters only to sampling and amortised families
         return parse_guide(guide, k, seed=seed)
     if not callable(getattr(guide, "e_step", None)):
         raise MixemError(f"guide must be a spec string or a guide family, got {guide!r}")
-    family: GuideFamily = guide
+    untrained = getattr(guide, "untrained", None)  # amortised: each fit trains its own copy
+    family: GuideFamily = untrained() if callable(untrained) else guide
     return family

@@ -16,6 +16,7 @@ import torch
 from inference.data import load_array, to_tensor
 from inference.em import FitResult
 from inference.errors import MixemError
+from inference.guides.amortised import write_encoder
 from inference.init import kmeans, kmeans_plusplus, random_points, start_model
 from inference.load import STATE_FILE
 from inference.outputs import check_out, write_json, write_npy, write_npz, write_plot, write_text
@@ -101,6 +102,7 @@ def write_fit_outputs(
     if getattr(args, "save_responsibilities", False):  # (N, K) q of the final E-step
         q = result.q.dense(int(result.model.n_components))
         write_npy(out / "responsibilities.npy", q.detach().cpu().numpy())
+    write_encoder(out, result.guide)  # an amortised guide's network, for predict and --resume
     write_plot(out / "trace.png", lambda p: plot_traces({args.guide: result.trace}, p))
     summary = {
         "status": status,

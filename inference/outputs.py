@@ -113,6 +113,7 @@ OUTPUT_NAMES = frozenset(
     {"trace.csv", "trace.json", "labels.npy", "params.npz", "summary.json", "trace.png"}
     | {"compare.png", "select.csv", "select.png", "model_state.npz", "responsibilities.npy"}
     | {"log_likelihood.npy", "predict.json"}  # and labels.npy, responsibilities.npy: predict
+    | {"encoder.pt"}  # an amortised guide's network
     | {"guides"}  # compare: guides/LABEL/labels.npy and params.npz
 )
 # Test hook: "SIG[,SIG...]:N" sends those signals to this process once N files of a set are

@@ -4,7 +4,8 @@ The fit in ``--fit DIR`` (``inference.load``) gives the model; its guide (or ``-
 the family whose best member one E-step (``inference.em.e_step``) takes at the saved
 parameters: labels (delta: the nearest component, categorical: the most probable one),
 responsibilities (N, K) (delta: one-hot, categorical: the posterior, tempered: the tempered
-posterior, ...) and the per-point log-likelihood log p(x_i | theta). With ``--out DIR2`` they
+posterior, ...) and the per-point log-likelihood log p(x_i | theta); an amortised guide's q is
+its saved encoder's output (encoder.pt), one forward pass without training. With ``--out DIR2`` they
 are written there as one set (labels.npy, responsibilities.npy, log_likelihood.npy,
 predict.json); without it a summary is printed and nothing is written.
 """
@@ -120,6 +121,7 @@ def _write(out: Path, result: dict[str, Any], info: dict[str, Any]) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     """``mixem predict``; returns the exit code (bad input: ``MixemError``, exit 2)."""
     from inference.fit_io import command_line, versions
+    from inference.guides.amortised import Amortised, read_encoder
     from inference.load import load_fit
     from inference.outputs import check_out, locked_out, write_set
 
@@ -136,6 +138,8 @@ def run_predict(args: argparse.Namespace) -> int:
     seed = summary["seed"] if isinstance(summary.get("seed"), int) else 0  # sampled's draws
     guide = args.guide or fitted.guide
     family = family_of(guide, int(model.n_components), seed)
+    if isinstance(family, Amortised):  # the fit's trained encoder: one forward pass, no E-step
+        family.restore(read_encoder(args.fit, what), what)
     if args.out is not None:
         if Path(args.out).resolve() == Path(args.fit).resolve():
             raise MixemError(f"--out {args.out}: is the fit's own directory; choose another")

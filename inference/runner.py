@@ -180,6 +180,16 @@ def _any_worker(flag: SignalFlag, reducer: Reducer) -> Callable[[], bool]:
     return lambda: bool(reducer.sum(torch.tensor([int(flag.is_set())]))[0] > 0)
 
 
+def restore_for_resume(guide: Any, directory: Path) -> None:
+    """An amortised guide continues from the interrupted fit's encoder (``encoder.pt``);
+    its Adam moments start again (they are not saved)."""
+    from inference.guides.amortised import Amortised, read_encoder
+
+    if isinstance(guide, Amortised):
+        what = f"--resume {directory}"
+        guide.restore(read_encoder(directory, what), what)
+
+
 def cli_fit(
     args: Any,
     x: Tensor,
@@ -225,6 +235,7 @@ def cli_fit(
         init_from_file(
             model, str(checkpoint.params), complete=True, what=f"--resume {checkpoint.params}"
         )
+        restore_for_resume(guide, args.resume)
         return resume_fit(model, x, guide, checkpoint, max_iter=args.max_iter, **options)
     except NonFiniteError as err:
         if reducer.rank == 0:

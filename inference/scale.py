@@ -83,6 +83,12 @@ def check_scale_options(args: argparse.Namespace) -> None:
     if guide.startswith("topk:") and guide.count(":") == 2 and (args.stream or args.batch_size):
         # the truncated search indexes the rows of the whole data at every E-step
         raise MixemError(f"--guide {guide} searches data in memory: drop --stream and --batch-size")
+    if guide.startswith("amortised") and (args.stream or args.batch_size or args.distributed):
+        # the encoder is trained on minibatches of the whole data, in one process
+        raise MixemError(
+            f"--guide {guide} trains its encoder on data in memory, in one process: drop "
+            "--stream, --batch-size and --distributed"
+        )
     if args.stream and not args.data.endswith(".npy"):
         raise MixemError(f"--stream reads .npy files only, got {args.data!r}")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -23,6 +24,8 @@ class EStep(NamedTuple):
         ``stats`` (moving points into empty components); None with ``stats``.
     n_changed: the points (of all workers) whose label differs from the previous E-step's,
         when the E-step counted them as it wrote the labels; None: the loop counts them.
+    amortisation_gap: ELBO of the family's best member less ELBO of q, when q is an encoder's
+        (``inference.guides.amortised``); NaN for the families that take their best member.
     """
 
     q: Responsibilities
@@ -33,3 +36,4 @@ class EStep(NamedTuple):
     stats: dict[str, Tensor] | None = None
     row_stats: Callable[[Tensor, Responsibilities], dict[str, Tensor]] | None = None
     n_changed: int | None = None
+    amortisation_gap: float = math.nan

@@ -24,6 +24,8 @@ class TraceRecord(NamedTuple):
         (all N at t = 0).
     n_relocated: empty components refilled by the M-step before this E-step.
     seconds: wall time of the whole iteration (M-step and E-step; init and E-step at t = 0).
+    amortisation_gap: ELBO of the family's best member - ELBO_t at theta_t, >= 0, for a q
+        from an encoder (``amortised``); NaN for the other families (their q is the best).
     """
 
     iteration: int
@@ -33,14 +35,33 @@ class TraceRecord(NamedTuple):
     n_changed: int
     n_relocated: int
     seconds: float
+    amortisation_gap: float = math.nan
 
 
 FIELDS = list(TraceRecord._fields)
+# columns written only for a trace that has a value in them (not NaN in every record)
+OPTIONAL_FIELDS = ("amortisation_gap",)
 
 
-def to_rows(trace: Iterable[TraceRecord], **extra: Any) -> list[dict[str, Any]]:
-    """Records as dicts, with constant ``extra`` columns first (e.g. ``guide="delta"``)."""
-    return [{**extra, **record._asdict()} for record in trace]
+def fields_of(traces: Iterable[Iterable[TraceRecord]]) -> list[str]:
+    """The columns of ``traces`` written together: ``FIELDS`` without the optional ones that
+    are NaN (or None, read back from JSON) in every record of every trace."""
+    records = [record for trace in traces for record in trace]
+
+    def used(name: str) -> bool:
+        values = (getattr(record, name) for record in records)
+        return any(value is not None and not math.isnan(value) for value in values)
+
+    return [name for name in FIELDS if name not in OPTIONAL_FIELDS or used(name)]
+
+
+def to_rows(
+    trace: Sequence[TraceRecord], fields: Sequence[str] | None = None, **extra: Any
+) -> list[dict[str, Any]]:
+    """Records as dicts, with constant ``extra`` columns first (e.g. ``guide="delta"``);
+    ``fields``: the columns (default: ``fields_of([trace])``)."""
+    names = fields_of([trace]) if fields is None else fields
+    return [{**extra, **{name: getattr(record, name) for name in names}} for record in trace]
 
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple, cast
 
 from inference.errors import MixemError
-from inference.guides import anneal, categorical, delta, sampled, tempered, truncated
+from inference.guides import amortised, anneal, categorical, delta, sampled, tempered, truncated
 from inference.guides.anneal import Anneal
 from inference.guides.protocol import GuideFamily
 
@@ -36,10 +36,12 @@ REGISTRY: dict[str, Entry] = {
     "tempered": Entry(tempered.parse, tempered.SYNTAX),
     "topk": Entry(truncated.parse_topk, truncated.SYNTAX),  # topk:k and topk:k:G
     "sampled": Entry(sampled.parse, sampled.SYNTAX),
+    "amortised": Entry(amortised.parse_soft, amortised.SYNTAX),
+    "amortised-delta": Entry(amortised.parse_delta, ""),  # its syntax is amortised's
     "anneal": Entry(anneal.parse, anneal.SYNTAX, schedule=True),
 }
 
-_FAMILY_ENTRIES = [entry for entry in REGISTRY.values() if not entry.schedule]
+_FAMILY_ENTRIES = [entry for entry in REGISTRY.values() if not entry.schedule and entry.syntax]
 GUIDE_SYNTAX = ", ".join(entry.syntax for entry in _FAMILY_ENTRIES)
 # the first spelling of each, without its range or optional part: "tempered:T", "sampled"
 FAMILIES = tuple(re.split(r"[ ,\[]", entry.syntax)[0] for entry in _FAMILY_ENTRIES)
