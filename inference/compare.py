@@ -27,7 +27,14 @@ from inference.guides import GuideFamily, Schedule, parse_schedule
 from inference.guides.amortised import write_encoder
 from inference.outputs import write_json, write_npy, write_npz, write_plot, write_text
 from inference.params import get_params
-from inference.trace import TraceRecord, csv_text, fields_of, format_evidence, to_rows
+from inference.trace import (
+    TraceRecord,
+    csv_text,
+    fields_of,
+    format_evidence,
+    optional_values,
+    to_rows,
+)
 
 GuideSpec = str | GuideFamily | Schedule
 
@@ -148,6 +155,7 @@ def summary(results: dict[str, FitResult]) -> dict[str, dict[str, Any]]:
             "elbo": last.elbo,
             "log_evidence": last.log_evidence,
             "kl_gap": last.kl_gap,
+            **optional_values(last),  # an amortised guide's amortisation_gap
             "seconds": sum(r.seconds for r in result.trace),
         }
     return out

@@ -23,7 +23,7 @@ from inference.outputs import check_out, write_json, write_npy, write_npz, write
 from inference.params import get_params
 from inference.runner import run_settings
 from inference.scale import DataInfo
-from inference.trace import csv_text, json_text, plot_traces, to_rows
+from inference.trace import csv_text, json_text, optional_values, plot_traces, to_rows
 from inference.validation import check_data
 
 
@@ -112,6 +112,7 @@ def write_fit_outputs(
         "stop_reason": result.stop_reason,
         "elbo": last.elbo,
         "log_evidence": last.log_evidence,
+        **optional_values(last),  # an amortised guide's amortisation_gap
         "seconds": seconds,
         **{key: getattr(args, key, None) for key in ("seed", "init", "tol", "max_iter")},
         "versions": versions(),

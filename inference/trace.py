@@ -55,6 +55,12 @@ def fields_of(traces: Iterable[Iterable[TraceRecord]]) -> list[str]:
     return [name for name in FIELDS if name not in OPTIONAL_FIELDS or used(name)]
 
 
+def optional_values(record: TraceRecord) -> dict[str, float]:
+    """``record``'s optional fields that hold a value (for a summary's final numbers)."""
+    values = {name: getattr(record, name) for name in OPTIONAL_FIELDS}
+    return {name: value for name, value in values.items() if not math.isnan(value)}
+
+
 def to_rows(
     trace: Sequence[TraceRecord], fields: Sequence[str] | None = None, **extra: Any
 ) -> list[dict[str, Any]]:

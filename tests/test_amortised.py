@@ -190,6 +190,9 @@ def test_the_cli_saves_the_encoder_and_predict_uses_it(tmp_path, capsys):
     assert main(_fit_argv(tmp_path / "fit", "--max-iter", "5", "--tol", "0")) == 0
     header = (tmp_path / "fit" / "trace.csv").read_text().splitlines()[0]
     assert header.endswith(",amortisation_gap")
+    last_gap = float((tmp_path / "fit" / "trace.csv").read_text().splitlines()[-1].split(",")[-1])
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert summary["amortisation_gap"] == pytest.approx(last_gap, rel=1e-12)
     saved = torch.load(tmp_path / "fit" / "encoder.pt", weights_only=True)
     assert saved["architecture"] == {"kind": "mlp", "d": 2, "k": 3, "hidden": 8}
     encoder = MLPEncoder(2, 3, 8).double()
@@ -293,3 +296,6 @@ def test_compare_writes_the_gap_column_and_each_encoder(tmp_path, capsys):
     assert (tmp_path / "cmp" / "guides" / "amortised" / "encoder.pt").is_file()
     assert not (tmp_path / "cmp" / "guides" / "delta" / "encoder.pt").exists()
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+    finals = json.loads((tmp_path / "cmp" / "summary.json").read_text())["guides"]
+    assert finals["amortised"]["amortisation_gap"] >= 0.0
+    assert "amortisation_gap" not in finals["delta"]
