@@ -247,7 +247,8 @@ def fit(
             break
         started = time.perf_counter()
         before = get_params(model)
-        n_relocated = do_m_step(model, x, est)
+        with fused.torch_on_one_thread(data is not None):  # an M-step from the pass's sums
+            n_relocated = do_m_step(model, x, est)
         n_iter += 1
         shift, not_finite = step_change(before, model)
         check_params(not_finite, n_iter, trace)

@@ -15,7 +15,8 @@ takes the generic path (``inference.em.e_step``): the same answers, a table per 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -153,6 +154,27 @@ def current_form(model: Any, data: FusedData) -> ModelForm:
     return found
 
 
+@contextlib.contextmanager
+def torch_on_one_thread(applies: bool = True) -> Iterator[int]:
+    """Torch's own ops on one thread inside (when ``applies``); yields the thread count torch
+    had, which the pass's threads keep.
+
+    Why: a small torch op can still open an OpenMP region (a log of the (K, F) parameters goes
+    through MKL's VML, which does), after which torch's idle OpenMP workers spin for
+    milliseconds (libgomp's default wait policy) on the cores the pass's threads need next:
+    at 2 threads on 2 cores, about 15% of a (1e6, 16, 64) Delta iteration. Around a fused
+    E-step and the M-step from its sums every torch op is O(K F), so one thread costs nothing.
+    """
+    threads = torch.get_num_threads()
+    if applies and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        if applies and threads > 1:
+            torch.set_num_threads(threads)
+
+
 def _old_labels(previous: EStep | None, n: int) -> Tensor | None:
     labels = None if previous is None else previous.labels
     usable = labels is not None and labels.shape == (n,) and labels.dtype == torch.int64
@@ -175,6 +197,18 @@ def e_step(
 
     ``previous``: the last E-step, dead but for its labels once the M-step used it: its dense q
     (a soft family's) is written over, its labels' buffer is left alone."""
+    with torch_on_one_thread() as threads:
+        return _e_step(model, family, data, reducer, previous, threads)
+
+
+def _e_step(
+    model: Any,
+    family: Any,
+    data: FusedData,
+    reducer: Reducer,
+    previous: EStep | None,
+    threads: int,
+) -> EStep:
     recycle = None if previous is None else previous.q
     mode_temperature = reduction(family)
     assert mode_temperature is not None, f"{family!r} is not a row reduction"
@@ -202,6 +236,7 @@ def e_step(
         # the pass counts the changed labels as it writes the new ones (no second read)
         "old_labels": _old_labels(previous, n),
         "fit_offset": shared,  # the point fits, with it (the ELBO's sums: below)
+        "threads": threads,
     }
     natural, bias = form.natural.detach(), bias.detach()
     with torch.no_grad():

@@ -259,3 +259,37 @@ def test_mixed_dtypes_are_refused_with_a_clear_message():
 
     with pytest.raises(MixemError, match="dtype float64"):
         fit(RestrictedGMM(x[:2].float()), x, Delta())
+
+
+def test_the_pass_keeps_the_callers_threads_while_torch_runs_on_one(monkeypatch):
+    # torch's small ops around the pass run on one thread (its idle OpenMP workers would spin
+    # on the pass's cores); the pass itself and everything after the fit keep the caller's count
+    x = blobs(400, 3, 2, seed=4)
+    seen = []
+    real_pass = fused.run_pass
+
+    def spying_pass(*args, **kwargs):
+        seen.append((kwargs["threads"], torch.get_num_threads()))
+        return real_pass(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(fused, "run_pass", spying_pass)
+        model = RestrictedGMM(kmeans_plusplus(x, 3, GENERATOR().manual_seed(0)))
+        counts = []
+        fit(
+            model,
+            x,
+            Delta(),
+            max_iter=3,
+            tol=0.0,
+            callback=lambda _: counts.append(torch.get_num_threads()),
+        )
+        assert seen and all(entry == (2, 1) for entry in seen)
+        assert counts and set(counts) == {2} and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), fused.torch_on_one_thread():
+            raise RuntimeError("an error inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
